@@ -1,0 +1,568 @@
+/* errnomon: count the socket errors applications see, in the kernel, from tracepoints only.
+ *
+ * Rules that keep this correct on any kernel whose headers bcc happens to find:
+ *  - read tracepoint fields; never dereference kernel structs beyond the head of struct sock_common
+ *    (skc_daddr@0, skc_dport@12, skc_num@14, skc_family@16, skc_state@18);
+ *  - events in softirq/timer context (RST received, error reports) are attributed through the owners map
+ *    filled in process context, never to `current`;
+ *  - the ret >= 0 path of send/recv returns at once: every process on the host pays for it.
+ *
+ * HAVE_<category>__<event> is defined by the loader for each tracepoint the running kernel has.
+ * MAP_SIZE and MAX_SOCKETS size the maps.
+ */
+#include <uapi/linux/ptrace.h>
+#include <linux/socket.h>
+#include <linux/in.h>
+#include <linux/in6.h>
+#include <linux/errno.h>
+
+/* The tcp_send_reset format names an enum that older kernel headers do not declare. */
+#define sk_rst_reason errnomon_rst_reason
+enum errnomon_rst_reason { ERRNOMON_RST_REASON_UNUSED };
+
+#include "errnomon.h"
+
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_SENT 2
+#define TCP_SYN_RECV 3
+#define TCP_FIN_WAIT1 4
+#define TCP_CLOSE 7
+#define TCP_CLOSE_WAIT 8
+#define TCP_LAST_ACK 9
+#define TCP_LISTEN 10
+#define IPPROTO_TCP_NUM 6
+#define SIGPIPE_NUM 13
+#define SIGKILL_NUM 9
+#define TRACE_SIGNAL_IGNORED 1
+/* kernel-internal restart codes: the application sees EINTR or a restarted call */
+#define ERESTARTSYS_NUM 512
+#define ERESTART_RESTARTBLOCK_NUM 516
+
+/* All counters, keyed by metric and label set; drained by the daemon. */
+BPF_HASH(counts, struct errnomon_key, u64, MAP_SIZE);
+BPF_PERCPU_ARRAY(drops, u64, METRICS); /* increments lost to a full counts map, per metric */
+BPF_ARRAY(settings, struct errnomon_settings, 1);
+
+/* Attribution state. LRU: an entry whose socket died unseen ages out instead of filling the map. */
+BPF_TABLE("lru_hash", u64, struct errnomon_owner, owners, MAX_SOCKETS);
+struct listener {
+    struct errnomon_owner owner;
+    u32 count;
+};
+BPF_TABLE("lru_hash", u16, struct listener, listeners, 4096);
+BPF_TABLE("lru_hash", u32, u64, connects, 16384);          /* tid -> sockaddr of connect() in flight */
+BPF_TABLE("lru_hash", u32, u32, sigpipe_generated, 4096);  /* tid -> signal_generate result */
+BPF_TABLE("lru_hash", u32, struct errnomon_key, sigpipe_pending, 4096); /* tgid -> SIGPIPE awaiting delivery */
+
+/* The last socket to enter CLOSE on this CPU: inet_sk_error_report has no sk, and follows that transition. */
+struct closed {
+    u64 sk;
+    u16 sport;
+    u16 dport;
+    u16 family;
+};
+BPF_PERCPU_ARRAY(last_closed, struct closed, 1);
+
+static __always_inline struct errnomon_settings *get_settings(void)
+{
+    int zero = 0;
+    return settings.lookup(&zero);
+}
+
+static __always_inline void count(struct errnomon_key *key, int metric)
+{
+    u64 one = 1, *value;
+    int err, m = metric;
+    struct errnomon_settings *s = get_settings();
+
+    key->gen = s ? s->gen : 0;
+    key->metric = metric;
+    value = counts.lookup(key);
+    if (value) {
+        __sync_fetch_and_add(value, 1);
+        return;
+    }
+    err = counts.insert(key, &one);
+    if (err == -EEXIST) {
+        /* another CPU created it meanwhile */
+        value = counts.lookup(key);
+        if (value)
+            __sync_fetch_and_add(value, 1);
+    } else if (err) {
+        u64 *d = drops.lookup(&m);
+        if (d)
+            *d += 1;
+    }
+}
+
+/* Errors that are part of normal non-blocking or interrupted I/O, dropped unless asked for.
+ * Returns the errno to count, or 0 to drop. */
+static __always_inline int countable(int err)
+{
+    struct errnomon_settings *s;
+    if (err != EAGAIN && err != EINTR && err != EINPROGRESS && err != EALREADY &&
+        (err < ERESTARTSYS_NUM || err > ERESTART_RESTARTBLOCK_NUM))
+        return err;
+    s = get_settings();
+    if (!s)
+        return 0;
+    if (err == EAGAIN && (s->count_flags & COUNT_EAGAIN))
+        return err;
+    if ((err == EINPROGRESS || err == EALREADY) && (s->count_flags & COUNT_EINPROGRESS))
+        return err;
+    if ((err == EINTR || err >= ERESTARTSYS_NUM) && (s->count_flags & COUNT_EINTR))
+        return EINTR;
+    return 0;
+}
+
+static __always_inline void key_from_current(struct errnomon_key *key)
+{
+    key->tgid = bpf_get_current_pid_tgid() >> 32;
+    key->cgroup = bpf_get_current_cgroup_id();
+    bpf_get_current_comm(&key->comm, sizeof(key->comm));
+}
+
+static __always_inline void key_from_owner(struct errnomon_key *key, struct errnomon_owner *o)
+{
+    key->tgid = o->tgid;
+    key->cgroup = o->cgroup;
+    key->port = o->port;
+    key->family = o->family;
+    __builtin_memcpy(key->remote, o->remote, sizeof(key->remote));
+    __builtin_memcpy(key->comm, o->comm, sizeof(key->comm));
+}
+
+/* Without an owner entry, the service port is a guess: a local port some program listens on, else the lower. */
+static __always_inline u16 guess_service_port(u16 local, u16 remote)
+{
+    if (listeners.lookup(&local))
+        return local;
+    return remote < local ? remote : local;
+}
+
+static __always_inline void copy_remote(u8 *dst, u16 family, const u8 *v4, const u8 *v6)
+{
+    if (family == AF_INET)
+        __builtin_memcpy(dst, v4, 4);
+    else
+        __builtin_memcpy(dst, v6, 16);
+}
+
+/* Remote and service port of a socket without an owner entry, from the head of sock_common
+ * (IPv4 only: the IPv6 address lies beyond the part whose layout is stable). */
+static __always_inline void peer_from_sock_head(struct errnomon_key *key, void *sk, u16 family)
+{
+    u16 dport = 0, lport = 0;
+    if (family != AF_INET)
+        return;
+    bpf_probe_read_kernel(key->remote, 4, sk);
+    bpf_probe_read_kernel(&dport, 2, sk + 12);
+    bpf_probe_read_kernel(&lport, 2, sk + 14);
+    key->family = AF_INET;
+    key->port = guess_service_port(lport, ntohs(dport));
+}
+
+/* ---- send / recv return paths: the hot path ---- */
+
+static __always_inline void sigpipe_after_epipe(struct errnomon_key *key)
+{
+    u32 tid = bpf_get_current_pid_tgid();
+    u32 *result = sigpipe_generated.lookup(&tid);
+    struct errnomon_key sk = {};
+    if (!result)
+        return;
+    __builtin_memcpy(sk.comm, key->comm, sizeof(sk.comm));
+    sk.tgid = key->tgid;
+    sk.cgroup = key->cgroup;
+    if (*result == TRACE_SIGNAL_IGNORED) {
+        sk.code = SIGPIPE_IGNORED;
+        count(&sk, METRIC_SIGPIPE);
+    } else {
+        /* handled or fatal: signal_deliver tells which */
+        sigpipe_pending.update(&sk.tgid, &sk);
+    }
+    sigpipe_generated.delete(&tid);
+}
+
+static __always_inline int io_error(struct bpf_raw_tracepoint_args *ctx, int op)
+{
+    void *sk = (void *)ctx->args[0];
+    int err = countable(-(int)ctx->args[1]);
+    u16 family = 0;
+    u64 skp = (u64)sk;
+    struct errnomon_key key = {};
+    struct errnomon_owner *o;
+
+    if (!err)
+        return 0;
+    bpf_probe_read_kernel(&family, sizeof(family), sk + 16);
+    if (family != AF_INET && family != AF_INET6)
+        return 0;
+    o = owners.lookup(&skp);
+    if (o) {
+        key_from_owner(&key, o);
+    } else {
+        peer_from_sock_head(&key, sk, family);
+    }
+    /* the error is the application's: process context */
+    key_from_current(&key);
+    key.op = op;
+    key.code = err;
+    count(&key, METRIC_SOCKET_ERRORS);
+    if (o && (o->flags & OWNER_AMBIGUOUS)) {
+        /* now we know which program holds the accepted socket */
+        o->tgid = key.tgid;
+        o->cgroup = key.cgroup;
+        __builtin_memcpy(o->comm, key.comm, sizeof(o->comm));
+        o->flags &= ~OWNER_AMBIGUOUS;
+    }
+    if (op == OP_SEND && err == EPIPE)
+        sigpipe_after_epipe(&key);
+    return 0;
+}
+
+#ifdef HAVE_sock__sock_send_length
+RAW_TRACEPOINT_PROBE(sock_send_length)
+{
+    if ((int)ctx->args[1] >= 0)
+        return 0;
+    return io_error(ctx, OP_SEND);
+}
+#endif
+
+#ifdef HAVE_sock__sock_recv_length
+RAW_TRACEPOINT_PROBE(sock_recv_length)
+{
+    if ((int)ctx->args[1] >= 0)
+        return 0;
+    return io_error(ctx, OP_RECV);
+}
+#endif
+
+/* ---- connect / accept ---- */
+
+#if defined(HAVE_syscalls__sys_enter_connect) && defined(HAVE_syscalls__sys_exit_connect)
+TRACEPOINT_PROBE(syscalls, sys_enter_connect)
+{
+    u32 tid = bpf_get_current_pid_tgid();
+    u64 addr = (u64)args->uservaddr;
+    u16 family = 0;
+    bpf_probe_read_user(&family, sizeof(family), (void *)addr);
+    if (family == AF_INET || family == AF_INET6)
+        connects.update(&tid, &addr);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_connect)
+{
+    u32 tid = bpf_get_current_pid_tgid();
+    u64 *addrp = connects.lookup(&tid);
+    struct errnomon_key key = {};
+    struct sockaddr_in6 sa = {};
+    int err;
+
+    if (!addrp)
+        return 0;
+    bpf_probe_read_user(&sa, sizeof(sa), (void *)*addrp);
+    connects.delete(&tid);
+    if (args->ret >= 0)
+        return 0;
+    err = countable(-args->ret);
+    if (!err)
+        return 0;
+    key_from_current(&key);
+    key.op = OP_CONNECT;
+    key.code = err;
+    key.family = sa.sin6_family;
+    key.port = ntohs(sa.sin6_port);
+    if (sa.sin6_family == AF_INET)
+        __builtin_memcpy(key.remote, &((struct sockaddr_in *)&sa)->sin_addr, 4);
+    else
+        __builtin_memcpy(key.remote, &sa.sin6_addr, 16);
+    count(&key, METRIC_SOCKET_ERRORS);
+    return 0;
+}
+#endif
+
+static __always_inline int accept_error(long ret)
+{
+    struct errnomon_key key = {};
+    int err;
+    if (ret >= 0)
+        return 0;
+    err = countable(-ret);
+    if (!err)
+        return 0;
+    key_from_current(&key);
+    key.op = OP_ACCEPT;
+    key.code = err;
+    count(&key, METRIC_SOCKET_ERRORS);
+    return 0;
+}
+
+#ifdef HAVE_syscalls__sys_exit_accept4
+TRACEPOINT_PROBE(syscalls, sys_exit_accept4)
+{
+    return accept_error(args->ret);
+}
+#endif
+
+#ifdef HAVE_syscalls__sys_exit_accept
+TRACEPOINT_PROBE(syscalls, sys_exit_accept)
+{
+    return accept_error(args->ret);
+}
+#endif
+
+/* ---- TCP state: owners, listeners, FINs ---- */
+
+#ifdef HAVE_sock__inet_sock_set_state
+static __always_inline void owner_from_current(struct errnomon_owner *o)
+{
+    o->tgid = bpf_get_current_pid_tgid() >> 32;
+    o->cgroup = bpf_get_current_cgroup_id();
+    bpf_get_current_comm(&o->comm, sizeof(o->comm));
+}
+
+static __always_inline void listener_add(u16 port)
+{
+    struct listener *l = listeners.lookup(&port);
+    struct listener n = {};
+    owner_from_current(&n.owner);
+    n.count = 1;
+    if (!l) {
+        listeners.update(&port, &n);
+        return;
+    }
+    /* Same port, another program: another network namespace or SO_REUSEPORT. Keep the comm only if all agree. */
+    if (l->owner.tgid != n.owner.tgid) {
+        u64 *a = (u64 *)l->owner.comm, *b = (u64 *)n.owner.comm;
+        if (a[0] != b[0] || a[1] != b[1])
+            l->owner.flags |= OWNER_AMBIGUOUS;
+        l->owner.tgid = 0;
+    }
+    l->count += 1;
+}
+
+static __always_inline void listener_remove(u16 port)
+{
+    struct listener *l = listeners.lookup(&port);
+    if (!l)
+        return;
+    if (l->count <= 1)
+        listeners.delete(&port);
+    else
+        l->count -= 1;
+}
+
+TRACEPOINT_PROBE(sock, inet_sock_set_state)
+{
+    u64 sk = (u64)args->skaddr;
+    int old = args->oldstate, new = args->newstate;
+    struct errnomon_owner o = {};
+    struct errnomon_owner *known;
+
+    if (args->protocol != IPPROTO_TCP_NUM)
+        return 0;
+
+    if (old == TCP_CLOSE && new == TCP_SYN_SENT) {
+        /* inside connect(): current is the owner; the source port is not chosen yet */
+        owner_from_current(&o);
+        o.flags = OWNER_CONNECTED;
+        o.family = args->family;
+        o.port = args->dport;
+        copy_remote(o.remote, args->family, args->daddr, args->daddr_v6);
+        owners.update(&sk, &o);
+        return 0;
+    }
+    if (old == TCP_LISTEN && new == TCP_SYN_RECV) {
+        /* a child of a listener, born in softirq: it belongs to whoever listens on the port */
+        u16 port = args->sport;
+        struct listener *l = listeners.lookup(&port);
+        if (l)
+            o = l->owner;
+        o.flags |= OWNER_ACCEPTED;
+        o.family = args->family;
+        o.port = port;
+        copy_remote(o.remote, args->family, args->daddr, args->daddr_v6);
+        owners.update(&sk, &o);
+        return 0;
+    }
+    if (old == TCP_CLOSE && new == TCP_LISTEN) {
+        listener_add(args->sport);
+        return 0;
+    }
+    if (old == TCP_LISTEN && new == TCP_CLOSE) {
+        listener_remove(args->sport);
+        return 0;
+    }
+    if ((old == TCP_ESTABLISHED && new == TCP_FIN_WAIT1) || (old == TCP_CLOSE_WAIT && new == TCP_LAST_ACK) ||
+        (old == TCP_SYN_RECV && new == TCP_FIN_WAIT1)) {
+        /* tcp_send_fin() follows exactly these transitions */
+        struct errnomon_key key = {};
+        known = owners.lookup(&sk);
+        if (known) {
+            key_from_owner(&key, known);
+        } else {
+            key.family = args->family;
+            copy_remote(key.remote, args->family, args->daddr, args->daddr_v6);
+            key.port = guess_service_port(args->sport, args->dport);
+        }
+        count(&key, METRIC_TCP_FINS_SENT);
+        return 0;
+    }
+    if (new == TCP_CLOSE) {
+        int zero = 0;
+        struct closed *c = last_closed.lookup(&zero);
+        if (c) {
+            c->sk = sk;
+            c->sport = args->sport;
+            c->dport = args->dport;
+            c->family = args->family;
+        }
+    }
+    return 0;
+}
+#endif
+
+#ifdef HAVE_tcp__tcp_destroy_sock
+TRACEPOINT_PROBE(tcp, tcp_destroy_sock)
+{
+    /* slab pointers are reused: forget the socket when it is freed */
+    u64 sk = (u64)args->skaddr;
+    owners.delete(&sk);
+    return 0;
+}
+#endif
+
+/* ---- resets ---- */
+
+#ifdef HAVE_tcp__tcp_receive_reset
+TRACEPOINT_PROBE(tcp, tcp_receive_reset)
+{
+    u64 sk = (u64)args->skaddr;
+    struct errnomon_key key = {};
+    struct errnomon_owner *o = owners.lookup(&sk);
+    u8 state = 0;
+
+    /* fires inside tcp_reset(), before the state changes: this is the state the RST hit */
+    bpf_probe_read_kernel(&state, sizeof(state), (void *)sk + 18);
+    if (o) {
+        key_from_owner(&key, o);
+    } else {
+        key.family = args->family;
+        copy_remote(key.remote, args->family, args->daddr, args->daddr_v6);
+        key.port = guess_service_port(args->sport, args->dport);
+    }
+    key.state = state;
+    count(&key, METRIC_TCP_RESETS_RECEIVED);
+    return 0;
+}
+#endif
+
+#ifdef HAVE_tcp__tcp_send_reset
+TRACEPOINT_PROBE(tcp, tcp_send_reset)
+{
+    u64 sk = (u64)args->skaddr;
+    struct errnomon_key key = {};
+    struct errnomon_owner *o = 0;
+    /* saddr/daddr hold a sockaddr_in or sockaddr_in6: local and remote, for sockets and bare segments alike */
+    struct sockaddr_in6 local = {}, remote = {};
+
+    bpf_probe_read_kernel(&local, sizeof(local), args->saddr);
+    bpf_probe_read_kernel(&remote, sizeof(remote), args->daddr);
+    if (sk)
+        o = owners.lookup(&sk);
+    if (o) {
+        key_from_owner(&key, o);
+    } else {
+        key.family = remote.sin6_family;
+        if (remote.sin6_family == AF_INET)
+            __builtin_memcpy(key.remote, &((struct sockaddr_in *)&remote)->sin_addr, 4);
+        else
+            __builtin_memcpy(key.remote, &remote.sin6_addr, 16);
+        /* no socket: a segment arrived for a port nobody serves, so the service port is ours */
+        key.port = sk ? guess_service_port(ntohs(local.sin6_port), ntohs(remote.sin6_port)) : ntohs(local.sin6_port);
+    }
+    key.state = args->state;
+#ifdef HAVE_TCP_SEND_RESET_REASON
+    key.code = args->reason;
+#endif
+    count(&key, METRIC_TCP_RESETS_SENT);
+    return 0;
+}
+#endif
+
+/* ---- errors the kernel records on sockets ---- */
+
+#ifdef HAVE_sock__inet_sk_error_report
+TRACEPOINT_PROBE(sock, inet_sk_error_report)
+{
+    struct errnomon_key key = {};
+    struct errnomon_owner *o = 0;
+    struct closed *c;
+    int zero = 0;
+
+    /* spurious reports: error 0 after a failed connect, dport 0 when a SO_LINGER {1,0} socket closes */
+    if (args->error == 0 || args->dport == 0)
+        return 0;
+    c = last_closed.lookup(&zero);
+    if (c && c->sport == args->sport && c->dport == args->dport && c->family == args->family) {
+        u64 sk = c->sk;
+        o = owners.lookup(&sk);
+    }
+    if (o) {
+        key_from_owner(&key, o);
+    } else {
+        key.family = args->family;
+        copy_remote(key.remote, args->family, args->daddr, args->daddr_v6);
+        key.port = guess_service_port(args->sport, args->dport);
+    }
+    key.code = args->error;
+    count(&key, METRIC_SOCKET_ERROR_REPORTS);
+    return 0;
+}
+#endif
+
+/* ---- SIGPIPE ---- */
+
+#if defined(HAVE_signal__signal_generate) && defined(HAVE_signal__signal_deliver)
+TRACEPOINT_PROBE(signal, signal_generate)
+{
+    u32 tid, result;
+    if (args->sig != SIGPIPE_NUM)
+        return 0;
+    tid = bpf_get_current_pid_tgid();
+    /* a socket write signals the writing thread itself; the EPIPE send that follows confirms it */
+    if (args->pid != tid)
+        return 0;
+    result = args->result;
+    sigpipe_generated.update(&tid, &result);
+    return 0;
+}
+
+TRACEPOINT_PROBE(signal, signal_deliver)
+{
+    u32 tgid;
+    struct errnomon_key *pending;
+    struct errnomon_key key;
+
+    if (args->sig != SIGPIPE_NUM && args->sig != SIGKILL_NUM)
+        return 0;
+    tgid = bpf_get_current_pid_tgid() >> 32;
+    pending = sigpipe_pending.lookup(&tgid);
+    if (!pending)
+        return 0;
+    key = *pending;
+    sigpipe_pending.delete(&tgid);
+    /* a fatal SIGPIPE is turned into a group-wide SIGKILL; a handled one arrives as itself */
+    if (args->sig == SIGPIPE_NUM && args->sa_handler > 1)
+        key.code = SIGPIPE_HANDLED;
+    else if (args->sa_handler == 0)
+        key.code = SIGPIPE_KILLED;
+    else
+        return 0;
+    count(&key, METRIC_SIGPIPE);
+    return 0;
+}
+#endif

@@ -1,0 +1,75 @@
+/* Structures shared between the BPF programs and the daemon.
+ * Mirrored once, in monitor/abi.py; tests/unit/test_abi.py compiles this header and compares offsets. */
+#ifndef ERRNOMON_H
+#define ERRNOMON_H
+
+#ifndef __KERNEL__
+#include <linux/types.h>
+#endif
+
+#define ERRNOMON_COMM_LEN 16
+
+/* op label of errnomon_socket_errors_total */
+#define OP_SEND 1
+#define OP_RECV 2
+#define OP_CONNECT 3
+#define OP_ACCEPT 4
+
+/* action label of errnomon_sigpipe_total */
+#define SIGPIPE_IGNORED 1
+#define SIGPIPE_HANDLED 2
+#define SIGPIPE_KILLED 3
+
+/* The key of the counting map; fields a metric does not use stay zero.
+ * gen is the drain generation: the daemon only reads and deletes keys of the generation
+ * the programs stopped writing one drain interval earlier, so no increment is lost. */
+struct errnomon_key {
+    __u32 tgid;
+    __u16 port;      /* service port, host order; 0 = unknown */
+    __u16 code;      /* errno, reset reason or SIGPIPE action, by metric */
+    __u8 op;         /* OP_* */
+    __u8 state;      /* TCP state (include/net/tcp_states.h numbering) */
+    __u8 family;     /* AF_INET / AF_INET6 of remote; 0 = remote unknown */
+    __u8 gen;
+    __u8 metric;     /* METRIC_*: which counter this key feeds */
+    __u8 pad[3];
+    __u64 cgroup;    /* cgroup v2 id of the owner; 0 = unknown */
+    __u8 remote[16]; /* IPv4 in the first 4 bytes */
+    char comm[ERRNOMON_COMM_LEN];
+};
+
+/* Who owns a socket and whom it talks to, filled in process context. */
+#define OWNER_CONNECTED 1 /* this host opened it: service port is the peer's */
+#define OWNER_ACCEPTED 2  /* accepted from a listener: service port is ours */
+#define OWNER_AMBIGUOUS 4 /* listeners of several programs share the port */
+
+struct errnomon_owner {
+    __u32 tgid;
+    __u16 port;
+    __u8 family;
+    __u8 flags;
+    __u64 cgroup;
+    __u8 remote[16];
+    char comm[ERRNOMON_COMM_LEN];
+};
+
+/* Written by the daemon; read by the programs on error paths only. */
+#define COUNT_EAGAIN 1
+#define COUNT_EINTR 2
+#define COUNT_EINPROGRESS 4
+
+struct errnomon_settings {
+    __u32 gen;
+    __u32 count_flags; /* COUNT_*: errnos that are normally dropped in the kernel */
+};
+
+/* metric field of the key; also the index into the drops array (counts lost to a full map). */
+#define METRIC_SOCKET_ERRORS 0
+#define METRIC_SOCKET_ERROR_REPORTS 1
+#define METRIC_TCP_RESETS_RECEIVED 2
+#define METRIC_TCP_RESETS_SENT 3
+#define METRIC_TCP_FINS_SENT 4
+#define METRIC_SIGPIPE 5
+#define METRICS 6
+
+#endif

@@ -1,0 +1,71 @@
+"""The C structures of bpf/errnomon.h, mirrored once in ctypes, and its #define constants read from the header."""
+
+import ctypes
+import os
+import re
+
+BPF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bpf")
+HEADER = os.path.join(BPF_DIR, "errnomon.h")
+
+
+def _read_defines(path):
+    defines = {}
+    with open(path) as f:
+        for line in f:
+            m = re.match(r"#define\s+([A-Z][A-Z0-9_]*)\s+(\d+)\b", line)
+            if m:
+                defines[m.group(1)] = int(m.group(2))
+    return defines
+
+
+DEFINES = _read_defines(HEADER)
+COMM_LEN = DEFINES["ERRNOMON_COMM_LEN"]
+
+OPS = {DEFINES["OP_SEND"]: "send", DEFINES["OP_RECV"]: "recv", DEFINES["OP_CONNECT"]: "connect",
+       DEFINES["OP_ACCEPT"]: "accept"}
+SIGPIPE_ACTIONS = {DEFINES["SIGPIPE_IGNORED"]: "ignored", DEFINES["SIGPIPE_HANDLED"]: "handled",
+                   DEFINES["SIGPIPE_KILLED"]: "killed"}
+COUNT_FLAGS = {"EAGAIN": DEFINES["COUNT_EAGAIN"], "EINTR": DEFINES["COUNT_EINTR"],
+               "EINPROGRESS": DEFINES["COUNT_EINPROGRESS"]}
+
+# Metric of a key, by its METRIC_* number; the names are those of the exported metrics without
+# the errnomon_ prefix and _total suffix.
+METRICS = ("socket_errors", "socket_error_reports", "tcp_resets_received", "tcp_resets_sent",
+           "tcp_fins_sent", "sigpipe")
+assert [DEFINES["METRIC_" + m.upper()] for m in METRICS] == list(range(DEFINES["METRICS"]))
+
+
+class Key(ctypes.Structure):
+    _fields_ = [
+        ("tgid", ctypes.c_uint32),
+        ("port", ctypes.c_uint16),
+        ("code", ctypes.c_uint16),
+        ("op", ctypes.c_uint8),
+        ("state", ctypes.c_uint8),
+        ("family", ctypes.c_uint8),
+        ("gen", ctypes.c_uint8),
+        ("metric", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+        ("cgroup", ctypes.c_uint64),
+        ("remote", ctypes.c_uint8 * 16),
+        ("comm", ctypes.c_char * COMM_LEN),
+    ]
+
+
+class Owner(ctypes.Structure):
+    _fields_ = [
+        ("tgid", ctypes.c_uint32),
+        ("port", ctypes.c_uint16),
+        ("family", ctypes.c_uint8),
+        ("flags", ctypes.c_uint8),
+        ("cgroup", ctypes.c_uint64),
+        ("remote", ctypes.c_uint8 * 16),
+        ("comm", ctypes.c_char * COMM_LEN),
+    ]
+
+
+class Settings(ctypes.Structure):
+    _fields_ = [("gen", ctypes.c_uint32), ("count_flags", ctypes.c_uint32)]
+
+
+GEN_OFFSET = Key.gen.offset

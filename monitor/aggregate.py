@@ -1,0 +1,167 @@
+"""Label sets, remote grouping and the series budget: from decoded events to monotonic counters."""
+
+import ipaddress
+import threading
+import time
+
+# The default labels of each metric, in order (see README: metrics contract).
+METRIC_LABELS = {
+    "socket_errors": ("errno", "op", "comm", "remote", "port"),
+    "socket_error_reports": ("errno", "comm", "remote", "port"),
+    "tcp_resets_received": ("comm", "remote", "port", "state"),
+    "tcp_resets_sent": ("comm", "remote", "port", "reason"),
+    "tcp_fins_sent": ("comm", "remote", "port"),
+    "sigpipe": ("comm", "action"),
+}
+OTHER = "other"
+# Labels whose values are not from a small fixed set: folded to "other" when even the overflow is full.
+OPEN_LABELS = ("comm", "remote", "port", "pid", "unit")
+
+
+class RemoteGrouper:
+    """Peer address -> label value: a named group (first match), else the address shortened to a prefix."""
+
+    def __init__(self, groups=(), ipv4_prefix=32, ipv6_prefix=128, cache_size=65536):
+        self.groups = groups
+        self.prefix = {4: ipv4_prefix, 6: ipv6_prefix}
+        self.cache = {}
+        self.cache_size = cache_size
+
+    def __call__(self, addr):
+        if addr is None:
+            return ""
+        label = self.cache.get(addr)
+        if label is None:
+            label = self._label(addr)
+            if len(self.cache) >= self.cache_size:
+                self.cache.clear()
+            self.cache[addr] = label
+        return label
+
+    def _label(self, addr):
+        for group in self.groups:
+            for net in group.networks:
+                if net.version == addr.version and addr in net:
+                    return group.name
+        prefix = self.prefix[addr.version]
+        if prefix == addr.max_prefixlen:
+            return str(addr)
+        return str(ipaddress.ip_network("%s/%d" % (addr, prefix), strict=False))
+
+
+class Series:
+    __slots__ = ("value", "updated")
+
+    def __init__(self, now):
+        self.value = 0
+        self.updated = now
+
+
+class Aggregator:
+    """Monotonic counters per metric and label set, bounded by a per-metric budget. Thread-safe."""
+
+    def __init__(self, config, unit_of=None, clock=time.monotonic):
+        self.lock = threading.Lock()
+        self.clock = clock
+        self.unit_of = unit_of or (lambda cgroup: "")
+        self.series = {m: {} for m in METRIC_LABELS}
+        self.overflow = {m: 0 for m in METRIC_LABELS}
+        self.configure(config)
+
+    def configure(self, config):
+        """Apply a (re)loaded config. Existing series and counts are kept."""
+        with self.lock:
+            self.config = config
+            self.grouper = RemoteGrouper(config.groups, config.ipv4_prefix, config.ipv6_prefix)
+            extra = (("pid",) if config.pid_label else ()) + (("unit",) if config.unit_label else ())
+            labels = {m: names + extra for m, names in METRIC_LABELS.items()}
+            if getattr(self, "labels", labels) != labels:
+                self._rekey(labels)
+            self.labels = labels
+            self.reserve = max(10, config.budget // 10)
+
+    def _rekey(self, labels):
+        """Carry counts over to a changed label set: dropped labels merge series, added ones start empty."""
+        for metric, table in self.series.items():
+            old = self.labels[metric]
+            index = [old.index(name) if name in old else None for name in labels[metric]]
+            merged = {}
+            for key, s in table.items():
+                new_key = tuple("" if i is None else key[i] for i in index)
+                into = merged.get(new_key)
+                if into is None:
+                    merged[new_key] = s
+                else:
+                    into.value += s.value
+                    into.updated = max(into.updated, s.updated)
+            self.series[metric] = merged
+
+    def label_names(self, metric):
+        return self.labels[metric]
+
+    def _values(self, event):
+        v = {
+            "errno": event.errno, "op": event.op, "comm": event.comm, "remote": self.grouper(event.remote),
+            "port": str(event.port) if event.port else "", "state": event.state, "reason": event.reason,
+            "action": event.action,
+        }
+        if self.config.pid_label:
+            v["pid"] = str(event.pid) if event.pid else ""
+        if self.config.unit_label:
+            v["unit"] = self.unit_of(event.cgroup)
+        return v
+
+    def add(self, events):
+        """events: iterable of (Event, count)."""
+        now = self.clock()
+        with self.lock:
+            for event, n in events:
+                metric = event.metric
+                names = self.labels[metric]
+                values = self._values(event)
+                key = tuple(values[name] for name in names)
+                table = self.series[metric]
+                s = table.get(key)
+                if s is None:
+                    s = self._new_series(metric, names, values, key, n, now)
+                s.value += n
+                s.updated = now
+
+    def _new_series(self, metric, names, values, key, n, now):
+        table = self.series[metric]
+        budget = self.config.budget
+        if len(table) < budget:
+            s = table[key] = Series(now)
+            return s
+        # Over budget: fold the peer, then, once the reserve is spent too, every open label.
+        self.overflow[metric] += n
+        fold = ("remote",) if "remote" in names else ("comm",)
+        key = tuple(OTHER if name in fold else values[name] for name in names)
+        s = table.get(key)
+        if s is None and len(table) >= budget + self.reserve:
+            key = tuple(OTHER if name in OPEN_LABELS else values[name] for name in names)
+            s = table.get(key)
+        if s is None:
+            s = table[key] = Series(now)
+        return s
+
+    def expire(self):
+        """Drop series that have not increased for the configured ttl."""
+        ttl = self.config.ttl
+        if not ttl:
+            return 0
+        cutoff = self.clock() - ttl
+        dropped = 0
+        with self.lock:
+            for table in self.series.values():
+                stale = [k for k, s in table.items() if s.updated < cutoff]
+                for k in stale:
+                    del table[k]
+                dropped += len(stale)
+        return dropped
+
+    def snapshot(self):
+        """{metric: (label names, [(label values, value)])} and the overflow counts, copied under the lock."""
+        with self.lock:
+            series = {m: (self.labels[m], [(k, s.value) for k, s in t.items()]) for m, t in self.series.items()}
+            return series, dict(self.overflow)

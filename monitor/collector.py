@@ -1,0 +1,67 @@
+"""The Prometheus collector: fresh metric families from the aggregator's snapshot on every scrape."""
+
+import platform
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from . import __version__
+
+HELP = {
+    "socket_errors": "Errors that socket system calls returned to applications (op: send, recv, connect, accept).",
+    "socket_error_reports": "Errors the kernel recorded on a socket (inet_sk_error_report), attributed to its owner.",
+    "tcp_resets_received": "TCP resets received, by the TCP state the connection was in when the RST arrived.",
+    "tcp_resets_sent": "TCP resets sent, by the kernel's reset reason; comm is empty when no process owns the socket.",
+    "tcp_fins_sent": "Orderly TCP closes (FINs sent): the denominator of reset ratios.",
+    "sigpipe": "SIGPIPE raised by socket writes, by what it did to the process (killed, handled, ignored).",
+}
+
+
+class ErrnoCollector:
+    def __init__(self, aggregator, status):
+        """status: a callable returning {'attached': {probe: bool}, 'drops': {metric: n}}."""
+        self.aggregator = aggregator
+        self.status = status
+
+    def describe(self):
+        return []  # created at scrape time; nothing to check at registration
+
+    def collect(self):
+        series, overflow = self.aggregator.snapshot()
+        for metric, (names, rows) in series.items():
+            family = CounterMetricFamily("errnomon_" + metric, HELP[metric], labels=names)
+            for values, value in rows:
+                family.add_metric(values, value)
+            yield family
+
+        status = self.status()
+        attached = GaugeMetricFamily("errnomon_probe_attached",
+                                     "Whether the BPF program on this tracepoint is attached (1) or not (0).",
+                                     labels=["probe"])
+        for probe, ok in sorted(status["attached"].items()):
+            attached.add_metric([probe], 1 if ok else 0)
+        yield attached
+
+        dropped = CounterMetricFamily("errnomon_dropped",
+                                      "Counts lost because a kernel map was full (raise kernel.map_size).",
+                                      labels=["reason"])
+        for metric, n in sorted(status["drops"].items()):
+            dropped.add_metric([metric + "_map_full"], n)
+        yield dropped
+
+        folded = CounterMetricFamily("errnomon_series_overflow",
+                                     "Errors counted into remote=\"other\" because the metric's series budget was "
+                                     "spent (raise series.budget or group remotes).", labels=["metric"])
+        for metric, n in sorted(overflow.items()):
+            folded.add_metric(["errnomon_%s_total" % metric], n)
+        yield folded
+
+        count = GaugeMetricFamily("errnomon_series", "Series each errnomon metric currently exports.",
+                                  labels=["metric"])
+        for metric, (_, rows) in series.items():
+            count.add_metric(["errnomon_%s_total" % metric], len(rows))
+        yield count
+
+        info = GaugeMetricFamily("errnomon_build_info", "errnomon version and the kernel it runs on.",
+                                 labels=["version", "kernel"])
+        info.add_metric([__version__, platform.release()], 1)
+        yield info

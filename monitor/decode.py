@@ -1,0 +1,64 @@
+"""Turn a drained key into named values: errno names, TCP states, reset reasons, addresses."""
+
+import errno as errno_mod
+import ipaddress
+import re
+from collections import namedtuple
+
+from . import abi
+
+AF_INET, AF_INET6 = 2, 10
+
+# include/net/tcp_states.h
+TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
+              7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING", 12: "NEW_SYN_RECV"}
+
+Event = namedtuple("Event", "metric errno op comm remote port state reason action pid cgroup")
+
+
+def errno_name(code):
+    return errno_mod.errorcode.get(code, "E%d" % code)
+
+
+def reset_reasons(format_text):
+    """Reset reason names from the tcp_send_reset format file's print fmt.
+
+    The enum was renumbered between kernels, so the running kernel's own table is the only truth.
+    """
+    if not format_text:
+        return {}
+    m = re.search(r"__print_symbolic\(REC->reason,(.*?)\)\s*$", format_text, re.S | re.M)
+    if not m:
+        return {}
+    return {int(num): name for num, name in re.findall(r"\{\s*(\d+)\s*,\s*\"(\w+)\"\s*\}", m.group(1))}
+
+
+def remote_address(family, raw):
+    """The peer as an ipaddress object (IPv4-mapped IPv6 as IPv4), or None when unknown."""
+    if family == AF_INET:
+        return ipaddress.IPv4Address(bytes(raw[:4]))
+    if family == AF_INET6:
+        addr = ipaddress.IPv6Address(bytes(raw))
+        return addr.ipv4_mapped or addr
+    return None
+
+
+class Decoder:
+    def __init__(self, reasons=None):
+        self.reasons = reasons or {}
+
+    def __call__(self, key):
+        metric = abi.METRICS[key.metric]
+        return Event(
+            metric=metric,
+            errno=errno_name(key.code) if metric in ("socket_errors", "socket_error_reports") else None,
+            op=abi.OPS.get(key.op, "unknown") if metric == "socket_errors" else None,
+            comm=key.comm.decode("utf-8", "replace"),
+            remote=remote_address(key.family, key.remote),
+            port=key.port,
+            state=TCP_STATES.get(key.state, "UNKNOWN") if metric == "tcp_resets_received" else None,
+            reason=self.reasons.get(key.code, "unknown") if metric == "tcp_resets_sent" else None,
+            action=abi.SIGPIPE_ACTIONS.get(key.code, "unknown") if metric == "sigpipe" else None,
+            pid=key.tgid,
+            cgroup=key.cgroup,
+        )
