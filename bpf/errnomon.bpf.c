@@ -337,8 +337,12 @@ static __always_inline void listener_add(u16 port)
     /* Same port, another program: another network namespace or SO_REUSEPORT. Keep the comm only if all agree. */
     if (l->owner.tgid != n.owner.tgid) {
         u64 *a = (u64 *)l->owner.comm, *b = (u64 *)n.owner.comm;
-        if (a[0] != b[0] || a[1] != b[1])
+        if (a[0] != b[0] || a[1] != b[1]) {
+            /* unattributed until the program holding an accepted socket makes a call that fails */
             l->owner.flags |= OWNER_AMBIGUOUS;
+            a[0] = 0;
+            a[1] = 0;
+        }
         l->owner.tgid = 0;
     }
     l->count += 1;

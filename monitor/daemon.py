@@ -39,25 +39,29 @@ class Daemon:
         sdnotify.notify("STATUS=" + text)
 
     def start(self):
-        """Everything that can fail at start-up, in order; raises LoadError, ListenError."""
+        """Everything that can fail at start-up, in order; raises LoadError, ListenError.
+
+        Privileges and the listen address are checked before anything is logged, so that each of those
+        failures is a single line."""
+        loader.preflight()
+        self.registry = CollectorRegistry()
+        self.httpd = web.bind(self.listen_address, self.telemetry_path, self.registry)
         self.status("loading BPF programs")
         t0 = time.monotonic()
-        self.programs = loader.load(self.config.map_size, self.config.max_sockets)
+        try:
+            self.programs = loader.load(self.config.map_size, self.config.max_sockets)
+        except loader.LoadError:
+            self.httpd.server_close()
+            raise
         attached = sum(self.programs.attached.values())
         log.info("attached %d of %d tracepoints in %.2fs", attached, len(self.programs.attached),
                  time.monotonic() - t0)
         self.decoder = decode.Decoder(decode.reset_reasons(self.programs.formats.get("tcp:tcp_send_reset")))
         self.aggregator = Aggregator(self.config, unit_of=UnitResolver())
         self.drain = Drain(self.programs, count_flags(self.config))
-        self.registry = CollectorRegistry()
         self.registry.register(ErrnoCollector(self.aggregator, self._status))
         ProcessCollector(registry=self.registry)
-        self.status("starting HTTP server on %s" % self.listen_address)
-        try:
-            self.httpd = web.serve(self.listen_address, self.telemetry_path, self.registry)
-        except web.ListenError:
-            self.programs.close()
-            raise
+        web.start(self.httpd)
         self.status("serving metrics on %s%s" % (self.listen_address, self.telemetry_path))
         sdnotify.notify("READY=1")
 

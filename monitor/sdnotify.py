@@ -11,9 +11,12 @@ def notify(message, environ=os.environ):
         return False
     if path.startswith("@"):
         path = "\0" + path[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-        sock.connect(path)
-        sock.sendall(message.encode())
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(path)
+            sock.sendall(message.encode())
+    except OSError:  # a stale or unreachable NOTIFY_SOCKET must not stop the daemon (as sd_notify(3))
+        return False
     return True
 
 

@@ -26,7 +26,7 @@ class ListenError(Exception):
 def parse_listen_address(text):
     """':9779', '0.0.0.0:9779', '127.0.0.1:9779', '[::1]:9779' -> (host, port). '' host means all addresses."""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ListenError("--web.listen-address %r is not host:port: use e.g. :9779 or 127.0.0.1:9779" % text)
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -53,8 +53,8 @@ def _app(metrics_app, path):
     return app
 
 
-def serve(listen_address, path, registry):
-    """Start serving in a daemon thread; returns the server (shutdown() stops it)."""
+def bind(listen_address, path, registry):
+    """Bind the listening socket (so a bad or busy address fails before anything else); start() serves."""
     host, port = parse_listen_address(listen_address)
     family = socket.AF_INET6 if ":" in host or not host else socket.AF_INET
 
@@ -70,9 +70,17 @@ def serve(listen_address, path, registry):
         httpd = make_server(host or "::", port, _app(make_wsgi_app(registry), path), Server, handler_class=_Handler)
     except OSError as e:
         if family == socket.AF_INET6 and not host and e.errno in (97, 99):  # no IPv6: all IPv4 addresses
-            return serve("0.0.0.0:%d" % port, path, registry)
+            return bind("0.0.0.0:%d" % port, path, registry)
         raise ListenError("cannot listen on %s: %s: pick a free address with --web.listen-address"
                           % (listen_address, e.strerror or e))
-    thread = threading.Thread(target=httpd.serve_forever, name="http", daemon=True)
-    thread.start()
     return httpd
+
+
+def start(httpd):
+    threading.Thread(target=httpd.serve_forever, name="http", daemon=True).start()
+    return httpd
+
+
+def serve(listen_address, path, registry):
+    """Bind and serve in a daemon thread; returns the server (shutdown() stops it)."""
+    return start(bind(listen_address, path, registry))
