@@ -1,0 +1,124 @@
+"""A real errnomon daemon for the BPF integration tests: root, bcc, tracepoints, real sockets."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+TEST_CONFIG = """
+series:
+  budget: 5000
+kernel:
+  drain_interval: 500ms
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Daemon:
+    def __init__(self, tmp_path, config_text=TEST_CONFIG, name="errnomon"):
+        self.config = tmp_path / (name + ".yaml")
+        self.config.write_text(config_text)
+        self.port = free_port()
+        self.url = "http://127.0.0.1:%d/metrics" % self.port
+        self.log = open(tmp_path / (name + ".log"), "w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "monitor.cli", "--config.file=%s" % self.config,
+             "--web.listen-address=127.0.0.1:%d" % self.port, "--log.level=debug"],
+            cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("errnomon exited with %s:\n%s" % (self.proc.returncode, self.output()))
+            try:
+                self.scrape()
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("errnomon did not serve metrics within 60 s:\n" + self.output())
+
+    def output(self):
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def scrape_text(self):
+        with urllib.request.urlopen(self.url, timeout=10) as r:
+            return r.read().decode()
+
+    def scrape(self):
+        """{(metric name, frozenset(labels)): value} for every sample."""
+        out = {}
+        for family in text_string_to_metric_families(self.scrape_text()):
+            for s in family.samples:
+                out[(s.name, frozenset(s.labels.items()))] = s.value
+        return out
+
+    def samples(self, name, **match):
+        """{labels dict as sorted tuple: value} of a metric's samples whose labels include `match`."""
+        found = {}
+        for (n, labels), value in self.scrape().items():
+            d = dict(labels)
+            if n == name and all(d.get(k) == v for k, v in match.items()):
+                found[tuple(sorted(d.items()))] = value
+        return found
+
+    def wait_for(self, name, expected, timeout=8.0, **match):
+        """Wait until the samples matching `match` are exactly `expected` ({frozen labels: value}),
+        then one more full drain cycle to prove nothing more arrives."""
+        expected = {tuple(sorted(k.items())): v for k, v in expected}
+        deadline = time.monotonic() + timeout
+        got = None
+        while time.monotonic() < deadline:
+            got = self.samples(name, **match)
+            if got == expected:
+                time.sleep(1.2)  # two drain intervals: a late increment would show now
+                got = self.samples(name, **match)
+                break
+            time.sleep(0.1)
+        assert got == expected, "%s%s:\n got      %s\n expected %s" % (name, match, got, expected)
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout=20):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def _require_environment():
+    # Not a skip: these tests are the point of errnomon; without root and tracefs they must fail loudly.
+    assert os.geteuid() == 0, "BPF integration tests need root: run 'sudo make test'"
+    assert os.path.isdir("/sys/kernel/tracing/events"), "tracefs is not mounted: run 'make setup'"
+
+
+@pytest.fixture(scope="session")
+def daemon(tmp_path_factory):
+    _require_environment()
+    d = Daemon(tmp_path_factory.mktemp("errnomon"))
+    yield d
+    rc = d.stop()
+    assert rc == 0, "errnomon did not exit cleanly on SIGTERM (%s):\n%s" % (rc, d.output())
+
+
+def labels(**kw):
+    return kw

@@ -1,0 +1,133 @@
+"""Real socket errors against a live errnomon: exact counts with every label, per distinctive comm.
+
+Each test makes its errors from processes named <prefix>_cli / <prefix>_srv (tests/bpf/scenarios.py) and
+compares the whole set of series carrying those comms, so a missing, extra or mislabelled count fails.
+"""
+
+import signal
+import socket
+import time
+
+import pytest
+
+from . import scenarios
+
+pytestmark = pytest.mark.bpf
+
+ERROR_METRICS = ("errnomon_socket_errors_total", "errnomon_socket_error_reports_total",
+                 "errnomon_tcp_resets_received_total", "errnomon_tcp_resets_sent_total",
+                 "errnomon_sigpipe_total")
+
+
+def expect(daemon, comm, metric, *series):
+    """series: (labels without comm, value) pairs; the metric's series with this comm must be exactly these."""
+    daemon.wait_for(metric, [(dict(labels, comm=comm), value) for labels, value in series], comm=comm)
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
+def test_reset_on_send_then_epipe(daemon, family):
+    r = scenarios.reset_on_send("rs%d" % family, family)
+    assert r["errnos"]["cli"] == ["ECONNRESET", "EPIPE"]
+    cli, srv, peer = r["comms"]["cli"], r["comms"]["srv"], dict(remote=r["remote"], port=str(r["port"]))
+    expect(daemon, cli, "errnomon_socket_errors_total",
+           (dict(peer, errno="ECONNRESET", op="send"), 1), (dict(peer, errno="EPIPE", op="send"), 1))
+    expect(daemon, cli, "errnomon_socket_error_reports_total", (dict(peer, errno="ECONNRESET"), 1))
+    expect(daemon, cli, "errnomon_tcp_resets_received_total", (dict(peer, state="ESTABLISHED"), 1))
+    # the server aborted with SO_LINGER {1,0}: one RST sent, attributed to it through the listener
+    expect(daemon, srv, "errnomon_tcp_resets_sent_total", (dict(peer, reason="TCP_STATE"), 1))
+    # the spurious error report of a linger-0 close (dport 0) is filtered; MSG_NOSIGNAL means no SIGPIPE
+    for metric in ERROR_METRICS:
+        if metric != "errnomon_tcp_resets_sent_total":
+            expect(daemon, srv, metric)
+    expect(daemon, cli, "errnomon_sigpipe_total")
+    expect(daemon, cli, "errnomon_tcp_fins_sent_total")
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
+def test_reset_on_recv(daemon, family):
+    r = scenarios.reset_on_recv("rr%d" % family, family)
+    assert r["errnos"]["cli"] == ["ECONNRESET", "EOF"]
+    cli, srv, peer = r["comms"]["cli"], r["comms"]["srv"], dict(remote=r["remote"], port=str(r["port"]))
+    expect(daemon, cli, "errnomon_socket_errors_total", (dict(peer, errno="ECONNRESET", op="recv"), 1))
+    expect(daemon, cli, "errnomon_socket_error_reports_total", (dict(peer, errno="ECONNRESET"), 1))
+    expect(daemon, cli, "errnomon_tcp_resets_received_total", (dict(peer, state="ESTABLISHED"), 1))
+    expect(daemon, srv, "errnomon_tcp_resets_sent_total", (dict(peer, reason="TCP_STATE"), 1))
+
+
+def test_epipe_after_orderly_close(daemon):
+    """The peer closed (FIN); our write draws an RST that arrives in CLOSE_WAIT: tcp_reset maps it to EPIPE."""
+    r = scenarios.epipe_after_fin("ef")
+    assert r["errnos"]["cli"] == ["EPIPE"]
+    cli, srv, peer = r["comms"]["cli"], r["comms"]["srv"], dict(remote=r["remote"], port=str(r["port"]))
+    expect(daemon, cli, "errnomon_socket_errors_total", (dict(peer, errno="EPIPE", op="send"), 1))
+    expect(daemon, cli, "errnomon_socket_error_reports_total", (dict(peer, errno="EPIPE"), 1))
+    expect(daemon, cli, "errnomon_tcp_resets_received_total", (dict(peer, state="CLOSE_WAIT"), 1))
+    expect(daemon, srv, "errnomon_tcp_fins_sent_total", (peer, 1))
+    expect(daemon, cli, "errnomon_tcp_fins_sent_total")
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
+def test_connection_refused(daemon, family):
+    r = scenarios.refused("rf%d" % family, family)
+    assert r["errnos"]["cli"] == ["ECONNREFUSED"]
+    cli, peer = r["comms"]["cli"], dict(remote=r["remote"], port=str(r["port"]))
+    expect(daemon, cli, "errnomon_socket_errors_total", (dict(peer, errno="ECONNREFUSED", op="connect"), 1))
+    expect(daemon, cli, "errnomon_socket_error_reports_total", (dict(peer, errno="ECONNREFUSED"), 1))
+    expect(daemon, cli, "errnomon_tcp_resets_received_total", (dict(peer, state="SYN_SENT"), 1))
+    # nobody owns the closed port: the RST is sent for no socket, and the service port is ours
+    daemon.wait_for("errnomon_tcp_resets_sent_total", [(dict(peer, comm="", reason="NO_SOCKET"), 1)],
+                    comm="", port=str(r["port"]))
+
+
+def test_timeout_in_network_namespace(daemon):
+    """Retransmissions dropped by nftables until TCP_USER_TIMEOUT: ETIMEDOUT from a timer, owner-attributed."""
+    r = scenarios.timeout("to")
+    assert r["errnos"]["cli"] == ["ETIMEDOUT"]
+    cli, peer = r["comms"]["cli"], dict(remote=r["remote"], port=str(r["port"]))
+    expect(daemon, cli, "errnomon_socket_errors_total", (dict(peer, errno="ETIMEDOUT", op="recv"), 1))
+    expect(daemon, cli, "errnomon_socket_error_reports_total", (dict(peer, errno="ETIMEDOUT"), 1))
+    expect(daemon, cli, "errnomon_tcp_resets_received_total")
+
+
+@pytest.mark.parametrize("action", ["killed", "ignored", "handled"])
+def test_sigpipe(daemon, action):
+    r = scenarios.sigpipe("sp" + action[0], action)
+    cli, peer = r["comms"]["cli"], dict(remote=r["remote"], port=str(r["port"]))
+    if action == "killed":
+        assert r["exit_signal"] == signal.SIGPIPE
+    # the kernel returns EPIPE from the send even when the signal then kills the process
+    expect(daemon, cli, "errnomon_socket_errors_total",
+           (dict(peer, errno="ECONNRESET", op="send"), 1), (dict(peer, errno="EPIPE", op="send"), 1))
+    expect(daemon, cli, "errnomon_sigpipe_total", (dict(action=action), 1))
+
+
+def test_fins_sent(daemon):
+    r = scenarios.fin_close("fc")
+    cli, srv, peer = r["comms"]["cli"], r["comms"]["srv"], dict(remote=r["remote"], port=str(r["port"]))
+    expect(daemon, cli, "errnomon_tcp_fins_sent_total", (peer, 1))   # ESTABLISHED -> FIN_WAIT1
+    expect(daemon, srv, "errnomon_tcp_fins_sent_total", (peer, 1))   # CLOSE_WAIT -> LAST_ACK
+
+
+def test_healthy_traffic_makes_no_error_series(daemon):
+    r = scenarios.healthy("hl", n=20)
+    assert r["completed"] == 20
+    cli, srv, peer = r["comms"]["cli"], r["comms"]["srv"], dict(remote=r["remote"], port=str(r["port"]))
+    expect(daemon, cli, "errnomon_tcp_fins_sent_total", (peer, 20))
+    expect(daemon, srv, "errnomon_tcp_fins_sent_total", (peer, 20))
+    for comm in (cli, srv):
+        for metric in ERROR_METRICS:
+            assert daemon.samples(metric, comm=comm) == {}, (metric, comm)
+
+
+def test_errors_appear_within_two_seconds(daemon):
+    r = scenarios.refused("lat", socket.AF_INET)
+    start = time.monotonic()
+    while not daemon.samples("errnomon_socket_errors_total", comm=r["comms"]["cli"]):
+        assert time.monotonic() - start < 2.0, "ECONNREFUSED not in /metrics after 2 s"
+        time.sleep(0.05)
+
+
+def test_every_probe_attached(daemon):
+    attached = daemon.samples("errnomon_probe_attached")
+    assert len(attached) == 13
+    assert set(attached.values()) == {1.0}
