@@ -34,6 +34,8 @@ enum errnomon_rst_reason { ERRNOMON_RST_REASON_UNUSED };
 #define SIGPIPE_NUM 13
 #define SIGKILL_NUM 9
 #define TRACE_SIGNAL_IGNORED 1
+/* signal_generate and the EPIPE send that confirms it happen within one system call */
+#define SIGPIPE_WINDOW_NS 10000000ULL
 /* kernel-internal restart codes: the application sees EINTR or a restarted call */
 #define ERESTARTSYS_NUM 512
 #define ERESTART_RESTARTBLOCK_NUM 516
@@ -51,7 +53,11 @@ struct listener {
 };
 BPF_TABLE("lru_hash", u16, struct listener, listeners, 4096);
 BPF_TABLE("lru_hash", u32, u64, connects, 16384);          /* tid -> sockaddr of connect() in flight */
-BPF_TABLE("lru_hash", u32, u32, sigpipe_generated, 4096);  /* tid -> signal_generate result */
+struct generated {
+    u64 ns;      /* when: a pipe's SIGPIPE must not be taken for a later socket's */
+    u32 result;  /* TRACE_SIGNAL_* */
+};
+BPF_TABLE("lru_hash", u32, struct generated, sigpipe_generated, 4096); /* tid -> last SIGPIPE raised */
 BPF_TABLE("lru_hash", u32, struct errnomon_key, sigpipe_pending, 4096); /* tgid -> SIGPIPE awaiting delivery */
 
 /* The last socket to enter CLOSE on this CPU: inet_sk_error_report has no sk, and follows that transition. */
@@ -167,14 +173,18 @@ static __always_inline void peer_from_sock_head(struct errnomon_key *key, void *
 static __always_inline void sigpipe_after_epipe(struct errnomon_key *key)
 {
     u32 tid = bpf_get_current_pid_tgid();
-    u32 *result = sigpipe_generated.lookup(&tid);
+    struct generated *g = sigpipe_generated.lookup(&tid);
     struct errnomon_key sk = {};
-    if (!result)
+    if (!g)
         return;
+    if (bpf_ktime_get_ns() - g->ns > SIGPIPE_WINDOW_NS) {
+        sigpipe_generated.delete(&tid);  /* raised by something else, e.g. a pipe */
+        return;
+    }
     __builtin_memcpy(sk.comm, key->comm, sizeof(sk.comm));
     sk.tgid = key->tgid;
     sk.cgroup = key->cgroup;
-    if (*result == TRACE_SIGNAL_IGNORED) {
+    if (g->result == TRACE_SIGNAL_IGNORED) {
         sk.code = SIGPIPE_IGNORED;
         count(&sk, METRIC_SIGPIPE);
     } else {
@@ -533,15 +543,17 @@ TRACEPOINT_PROBE(sock, inet_sk_error_report)
 #if defined(HAVE_signal__signal_generate) && defined(HAVE_signal__signal_deliver)
 TRACEPOINT_PROBE(signal, signal_generate)
 {
-    u32 tid, result;
+    u32 tid;
+    struct generated g = {};
     if (args->sig != SIGPIPE_NUM)
         return 0;
     tid = bpf_get_current_pid_tgid();
     /* a socket write signals the writing thread itself; the EPIPE send that follows confirms it */
     if (args->pid != tid)
         return 0;
-    result = args->result;
-    sigpipe_generated.update(&tid, &result);
+    g.ns = bpf_ktime_get_ns();
+    g.result = args->result;
+    sigpipe_generated.update(&tid, &g);
     return 0;
 }
 

@@ -131,3 +131,46 @@ def test_every_probe_attached(daemon):
     attached = daemon.samples("errnomon_probe_attached")
     assert len(attached) == 13
     assert set(attached.values()) == {1.0}
+
+
+def test_pipe_sigpipe_is_not_taken_for_a_socket_one(daemon):
+    """SIGPIPE from a pipe, then an EPIPE on a socket with MSG_NOSIGNAL: no socket SIGPIPE is counted."""
+    import os
+    import struct
+    comm = "pipesig_cli"
+    pid = os.fork()
+    if pid == 0:  # child: one thread does both, as the kernel sees it
+        try:
+            scenarios._set_comm(comm)
+            signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+            r, w = os.pipe()
+            os.close(r)
+            try:
+                os.write(w, b"x")  # SIGPIPE raised (ignored), EPIPE
+            except BrokenPipeError:
+                pass
+            listener = socket.socket()
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            c = socket.create_connection(listener.getsockname())
+            s, _ = listener.accept()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+            time.sleep(0.1)
+            for _ in range(2):
+                try:
+                    c.send(b"x", socket.MSG_NOSIGNAL)
+                except OSError:
+                    pass
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0
+    def by_errno():
+        return {dict(k)["errno"]: v for k, v in daemon.samples("errnomon_socket_errors_total", comm=comm).items()}
+    deadline = time.monotonic() + 5
+    while by_errno() != {"ECONNRESET": 1.0, "EPIPE": 1.0} and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert by_errno() == {"ECONNRESET": 1.0, "EPIPE": 1.0}
+    daemon.wait_for("errnomon_sigpipe_total", [], comm=comm)
