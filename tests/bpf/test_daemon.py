@@ -92,3 +92,46 @@ def test_sigterm_detaches_programs(own_daemon):
     assert d.stop() == 0
     out = d.output()
     assert "detaching BPF programs" in out and "stopped" in out
+
+
+def _eagain_once(comm):
+    """A child that does one non-blocking recv on an idle connection: EAGAIN."""
+    import os
+    pid = os.fork()
+    if pid == 0:
+        try:
+            scenarios._set_comm(comm)
+            listener = socket.socket()
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            c = socket.create_connection(listener.getsockname())
+            c.setblocking(False)
+            try:
+                c.recv(1)
+            except BlockingIOError:
+                os._exit(0)
+            os._exit(1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0
+
+
+def test_eagain_filtered_in_kernel_unless_configured(own_daemon):
+    d = own_daemon("kernel:\n  drain_interval: 200ms\n", name="eagain")
+    _eagain_once("eag_off")
+    _eagain_once("eag_probe")  # a second process so the first's drain window has surely passed
+    d.wait_for("errnomon_socket_errors_total", [], comm="eag_off")
+
+    d.config.write_text("kernel:\n  drain_interval: 200ms\n  count: [EAGAIN]\n")
+    d.signal(signal.SIGHUP)
+    wait_log(d, "config reloaded")
+    _eagain_once("eag_on")
+    deadline = time.monotonic() + 5
+    while not d.samples("errnomon_socket_errors_total", comm="eag_on") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # two drain intervals: nothing more may arrive
+    [(labels, value)] = d.samples("errnomon_socket_errors_total", comm="eag_on").items()
+    labels = dict(labels)
+    assert (labels["errno"], labels["op"], labels["remote"], value) == ("EAGAIN", "recv", "127.0.0.1", 1.0)
+    assert labels["port"].isdigit()  # the listener's ephemeral port
