@@ -11,6 +11,7 @@ EXAMPLES = """examples:
   errnomon --web.listen-address=127.0.0.1:9779 --log.level=debug
   errnomon --config.check --config.file=config.example.yaml
   curl -s localhost:9779/metrics | grep errnomon_socket_errors_total
+  errnomon top [--url http://127.0.0.1:9779/metrics] [--interval 1]   # live view of a running errnomon
 
 Needs root (or CAP_BPF and CAP_PERFMON), bcc (python3-bpfcc) and kernel headers: 'make setup' installs them.
 SIGHUP reloads the config; SIGTERM or SIGINT stop and detach the programs.
@@ -45,6 +46,10 @@ def fail(message):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["top"]:  # the live view: any user, no bcc; 'errnomon top --help' for its flags
+        from . import top
+        return top.main(argv[1:])
     args = build_parser().parse_args(argv)
     if not args.telemetry_path.startswith("/") or args.telemetry_path == "/":
         return fail("--web.telemetry-path %r must start with / and not be / itself, e.g. /metrics"
