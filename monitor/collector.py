@@ -49,8 +49,9 @@ class ErrnoCollector:
         yield dropped
 
         folded = CounterMetricFamily("errnomon_series_overflow",
-                                     "Errors counted into remote=\"other\" because the metric's series budget was "
-                                     "spent (raise series.budget or group remotes).", labels=["metric"])
+                                     "Errors counted into remote=\"other\" (comm=\"other\" for errnomon_sigpipe_total) "
+                                     "because the metric's series budget was spent (raise series.budget or "
+                                     "group remotes).", labels=["metric"])
         for metric, n in sorted(overflow.items()):
             folded.add_metric(["errnomon_%s_total" % metric], n)
         yield folded
