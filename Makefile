@@ -20,3 +20,17 @@ check: setup
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
 	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +
+
+# Install as a systemd service under $(PREFIX), or remove it (scripts/install.sh; README "Running as a
+# systemd service"). Both honour DESTDIR; 'make uninstall PURGE=1' also removes a modified config.
+PREFIX  ?= /opt/errnomon
+DESTDIR ?=
+PURGE   ?= 0
+
+.PHONY: install uninstall
+
+install:
+	DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" bash scripts/install.sh install
+
+uninstall:
+	DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" PURGE="$(PURGE)" bash scripts/install.sh uninstall

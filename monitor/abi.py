@@ -4,7 +4,10 @@ import ctypes
 import os
 import re
 
-BPF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bpf")
+# The BPF sources: bpf/ next to the package in a source checkout (editable install); an installed copy
+# (scripts/install.sh, the systemd unit) points ERRNOMON_BPF_DIR at its own copy of bpf/.
+BPF_DIR = (os.environ.get("ERRNOMON_BPF_DIR")
+           or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bpf"))
 HEADER = os.path.join(BPF_DIR, "errnomon.h")
 
 

@@ -13,7 +13,7 @@ EXAMPLES = """examples:
   curl -s localhost:9779/metrics | grep errnomon_socket_errors_total
   errnomon top [--url http://127.0.0.1:9779/metrics] [--interval 1]   # live view of a running errnomon
 
-Needs root (or CAP_BPF and CAP_PERFMON), bcc (python3-bpfcc) and kernel headers: 'make setup' installs them.
+Needs root (or CAP_BPF, CAP_PERFMON and CAP_DAC_READ_SEARCH), bcc (python3-bpfcc) and kernel headers: 'make setup' installs them.
 SIGHUP reloads the config; SIGTERM or SIGINT stop and detach the programs.
 """
 

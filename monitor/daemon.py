@@ -99,18 +99,23 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         watchdog = sdnotify.watchdog_interval()
-        next_ping = next_expire = time.monotonic()
+        now = time.monotonic()
+        next_drain, next_ping, next_expire = now + self.config.drain_interval, now, now + EXPIRE_EVERY
         try:
             while not self.stopping:
-                self.wake.wait(self.config.drain_interval)
+                # the watchdog has its own deadline: a WatchdogSec shorter than the drain interval still works
+                deadline = min(next_drain, next_ping) if watchdog else next_drain
+                self.wake.wait(max(0.0, deadline - time.monotonic()))
                 self.wake.clear()
                 if self.reload_requested:
                     self.reload()
-                self.drain_once()
                 now = time.monotonic()
                 if watchdog and now >= next_ping:
                     sdnotify.notify("WATCHDOG=1")
                     next_ping = now + watchdog
+                if now >= next_drain:
+                    self.drain_once()
+                    next_drain = now + self.config.drain_interval
                 if now >= next_expire:
                     self.aggregator.expire()
                     next_expire = now + EXPIRE_EVERY

@@ -164,8 +164,9 @@ def test_not_root(log_level):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 1, proc.stderr  # checked before anything is logged
-    assert lines[0] == ("errnomon: error: loading BPF programs needs root, or CAP_BPF and CAP_PERFMON: run as "
-                         "root (sudo) or grant them (AmbientCapabilities= in the systemd unit)")
+    assert lines[0] == ("errnomon: error: loading BPF programs needs root, or CAP_BPF and CAP_PERFMON (plus "
+                        "CAP_DAC_READ_SEARCH when not uid 0): run as root (sudo) or grant them (AmbientCapabilities= "
+                        "in the systemd unit)")
 
 
 CAP = {"SYS_ADMIN": 1 << 21, "PERFMON": 1 << 38, "BPF": 1 << 39}
