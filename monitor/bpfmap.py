@@ -16,6 +16,7 @@ _libc.syscall.restype = ctypes.c_long
 
 _ENOTSUPP = 524  # kernel-internal, returned by maps without batch support
 BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
 BPF_MAP_GET_NEXT_KEY = 4
 BPF_MAP_LOOKUP_BATCH = 24
@@ -36,6 +37,32 @@ class _BatchAttr(ctypes.Structure):
 def _bpf(cmd, attr):
     ret = _libc.syscall(_NR_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
     return 0 if ret >= 0 else ctypes.get_errno()
+
+
+def possible_cpus(path="/sys/devices/system/cpu/possible"):
+    """How many values a per-CPU map holds per key: the kernel's possible CPUs ('0-3', '0,2-5')."""
+    with open(path) as f:
+        text = f.read().strip()
+    top = 0
+    for part in text.split(","):
+        top = max(top, int(part.split("-")[-1]))
+    return top + 1
+
+
+def lookup(fd, key, value_size):
+    """The value (bytes) stored under key (bytes), or None."""
+    kb = ctypes.create_string_buffer(key, len(key))
+    vb = ctypes.create_string_buffer(value_size)
+    err = _bpf(BPF_MAP_LOOKUP_ELEM, _ElemAttr(map_fd=fd, key=ctypes.addressof(kb), value=ctypes.addressof(vb)))
+    return None if err else vb.raw
+
+
+def update(fd, key, value):
+    kb = ctypes.create_string_buffer(key, len(key))
+    vb = ctypes.create_string_buffer(value, len(value))
+    err = _bpf(BPF_MAP_UPDATE_ELEM, _ElemAttr(map_fd=fd, key=ctypes.addressof(kb), value=ctypes.addressof(vb)))
+    if err:
+        raise OSError(err, "BPF_MAP_UPDATE_ELEM: " + os.strerror(err))
 
 
 class HashMap:

@@ -1,17 +1,23 @@
 """Compile bpf/errnomon.bpf.c with bcc, attach what the running kernel offers, hand out the maps.
 
-The only module that imports bcc. Everything it returns is plain: map file descriptors and the
-tracepoint metadata the decoder needs.
+The only module that imports bcc, and only in a short-lived child process: bcc compiles with LLVM in
+process, and the tens of MiB of heap that leaves behind would stay with the daemon for its whole life.
+The child compiles, loads and attaches, passes the map and attachment file descriptors back over a unix
+socket (SCM_RIGHTS) and exits. The programs stay attached for as long as the daemon holds those
+descriptors; closing them detaches.
 """
 
-import ctypes
+import importlib.util
+import json
 import logging
 import os
 import platform
 import re
+import socket
+import struct
 import subprocess
 
-from . import abi
+from . import abi, bpfmap
 
 log = logging.getLogger("errnomon.loader")
 
@@ -98,6 +104,8 @@ def check_headers():
 
 def import_bcc():
     try:
+        if importlib.util.find_spec("bcc") is None:
+            raise ImportError("no module named 'bcc'")
         import bcc  # noqa: F401
     except ImportError:
         import sys
@@ -127,43 +135,49 @@ def compile_flags(available, formats, map_size, max_sockets):
     return flags
 
 
-class Programs:
-    """The loaded programs: map fds, which probes are attached, tracepoint formats. close() detaches."""
+MAPS = ("counts", "drops", "settings")  # the maps the daemon uses, in the order their fds are passed
 
-    def __init__(self, bpf, attached, formats, flags):
-        self._bpf = bpf
+
+class Programs:
+    """The attached programs, as file descriptors: maps to read and write, attachments to hold.
+
+    close() detaches."""
+
+    def __init__(self, map_fds, attachment_fds, attached, formats, flags):
+        self.counts_fd, self._drops_fd, self._settings_fd = (map_fds[name] for name in MAPS)
+        self._fds = list(map_fds.values()) + list(attachment_fds)
         self.attached = attached          # probe name -> bool
         self.formats = formats            # probe name -> format file text (None if missing)
         self.flags = flags
-        self.counts_fd = bpf["counts"].get_fd()
-        self._drops = bpf["drops"]
-        self._settings = bpf["settings"]
+        self._cpus = bpfmap.possible_cpus()
 
     def drops(self):
         """Cumulative increments lost to a full counts map, per metric, summed over CPUs."""
-        return {name: sum(self._drops[ctypes.c_int(i)]) for i, name in enumerate(abi.METRICS)}
+        out = {}
+        for i, name in enumerate(abi.METRICS):
+            raw = bpfmap.lookup(self._drops_fd, struct.pack("i", i), 8 * self._cpus) or b""
+            out[name] = sum(struct.unpack("%dQ" % (len(raw) // 8), raw))
+        return out
 
     def write_settings(self, gen, count_flags):
-        self._settings[ctypes.c_int(0)] = abi.Settings(gen=gen, count_flags=count_flags)
+        bpfmap.update(self._settings_fd, struct.pack("i", 0), bytes(abi.Settings(gen=gen, count_flags=count_flags)))
 
     def close(self):
-        if self._bpf is not None:
-            self._bpf.cleanup()
-            self._bpf = None
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
 
 
 def preflight():
-    """Every check that can fail before compiling, in the order a user can fix them."""
+    """Every check that can fail before compiling, in the order a user can fix them. Imports no bcc."""
     check_privileges()
-    bcc = import_bcc()
+    if importlib.util.find_spec("bcc") is None:
+        import_bcc()  # raises the LoadError that says how to install it
     check_headers()
-    tracefs = find_tracefs()
-    return bcc, tracefs
+    return find_tracefs()
 
 
-def load(map_size, max_sockets, print_only=False):
-    bcc, tracefs = preflight()
-    formats = {p: tracepoint_format(tracefs, p) for p in PROBES}
+def available_probes(bcc):
     # Raw tracepoints (Linux 4.17) predate the raw probes' tracepoints (6.3): tracepoint_exists() suffices.
     # Not bcc's BPF.support_raw_tracepoint(): it reads /proc/kallsyms addresses, which need euid 0 and
     # CAP_SYSLOG, are zeroed by kptr_restrict=2 and hidden by systemd's ProtectKernelTunables=.
@@ -171,15 +185,57 @@ def load(map_size, max_sockets, print_only=False):
     for a, b in PAIRS:
         if not (a in available and b in available):
             available -= {a, b}
-    flags = compile_flags(available, formats, map_size, max_sockets)
+    return available
+
+
+def _compile_and_attach(sock, formats, map_size, max_sockets):
+    """In the child: everything bcc. Sends {'available', 'flags'} or {'error'} and the fds."""
+    try:
+        bcc = import_bcc()
+        available = available_probes(bcc)
+        flags = compile_flags(available, formats, map_size, max_sockets)
+        try:
+            bpf = bcc.BPF(src_file=SOURCE.encode(), cflags=flags)
+        except Exception as e:  # bcc raises bare Exception on compile or attach failure
+            raise LoadError("compiling or attaching the BPF programs failed (%s): the compiler's messages are "
+                            "above; check the kernel headers bcc uses (make setup)" % e)
+        attachments = list(bpf.tracepoint_fds.values()) + list(bpf.raw_tracepoint_fds.values())
+        fds = [bpf[name].get_fd() for name in MAPS] + attachments
+        message = {"available": sorted(available), "flags": flags}
+    except LoadError as e:
+        fds, message = [], {"error": str(e)}
+    except Exception as e:  # anything else must still reach the parent as one line
+        fds, message = [], {"error": "loading the BPF programs failed: %s: %s" % (type(e).__name__, e)}
+    socket.send_fds(sock, [json.dumps(message).encode()], fds)
+
+
+def load(map_size, max_sockets, print_only=False):
+    tracefs = preflight()
+    formats = {p: tracepoint_format(tracefs, p) for p in PROBES}
     if print_only:
-        return flags
+        return compile_flags(available_probes(import_bcc()), formats, map_size, max_sockets)
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child's work is checked by every BPF test
+        parent.close()
+        try:
+            _compile_and_attach(child, formats, map_size, max_sockets)
+        finally:
+            os._exit(0)  # no cleanup: bcc would detach what the parent now holds
+    child.close()
+    try:
+        data, fds, _, _ = socket.recv_fds(parent, 1 << 16, 256)
+    finally:
+        parent.close()
+        os.waitpid(pid, 0)
+    if not data:
+        raise LoadError("the process compiling the BPF programs died: see the messages above")
+    message = json.loads(data)
+    if "error" in message:
+        raise LoadError(message["error"])
+    available = set(message["available"])
     for probe in sorted(set(PROBES) - available):
         log.warning("tracepoint %s is missing on this kernel: %s", probe, PROBES[probe])
-    try:
-        bpf = bcc.BPF(src_file=SOURCE.encode(), cflags=flags)
-    except Exception as e:  # bcc raises bare Exception on compile or attach failure
-        raise LoadError("compiling or attaching the BPF programs failed (%s): the compiler's messages are "
-                        "above; check the kernel headers bcc uses (make setup)" % e)
+    map_fds = dict(zip(MAPS, fds[:len(MAPS)]))
     attached = {p: p in available for p in PROBES}
-    return Programs(bpf, attached, formats, flags)
+    return Programs(map_fds, fds[len(MAPS):], attached, formats, message["flags"])
