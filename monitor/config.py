@@ -21,7 +21,7 @@ __all__ = ["ConfigError", "Group", "Config", "parse", "load", "KERNEL_KEYS"]
 
 # Settings that size kernel maps: they only take effect at start, a reload
 # cannot change them.
-KERNEL_KEYS = ("map_size", "max_sockets")
+KERNEL_KEYS = ("map_size", "max_sockets", "syscall_tracepoints")
 
 # Errnos that the kernel side filters out unless listed in kernel.count.
 COUNTABLE_ERRNOS = ("EAGAIN", "EINTR", "EINPROGRESS")
@@ -34,7 +34,7 @@ _SECTIONS = {
     "labels": ("pid", "unit"),
     "remote": ("groups", "ipv4_prefix", "ipv6_prefix"),
     "series": ("budget", "ttl"),
-    "kernel": ("count", "map_size", "max_sockets", "drain_interval"),
+    "kernel": ("count", "map_size", "max_sockets", "drain_interval", "syscall_tracepoints"),
 }
 _GROUP_KEYS = ("name", "cidrs")
 
@@ -67,6 +67,7 @@ class Config:
     map_size: int = 16384          # kernel.map_size (256..1048576)
     max_sockets: int = 65536       # kernel.max_sockets (1024..4194304)
     drain_interval: float = 0.5    # kernel.drain_interval seconds (0.05..10)
+    syscall_tracepoints: bool = True  # kernel.syscall_tracepoints: connect/accept exits (op=connect, accept)
 
 
 # ---------------------------------------------------------------------------
@@ -233,6 +234,8 @@ class _Parser:
             fields["max_sockets"] = self.integer(
                 kernel["max_sockets"], "kernel.max_sockets", 1024, 4194304
             )
+        if "syscall_tracepoints" in kernel:
+            fields["syscall_tracepoints"] = self.boolean(kernel["syscall_tracepoints"], "kernel.syscall_tracepoints")
         if "drain_interval" in kernel:
             interval = self.duration(kernel["drain_interval"], "kernel.drain_interval")
             if not 0.05 <= interval <= 10.0:

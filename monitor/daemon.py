@@ -49,7 +49,8 @@ class Daemon:
         self.status("loading BPF programs")
         t0 = time.monotonic()
         try:
-            self.programs = loader.load(self.config.map_size, self.config.max_sockets)
+            self.programs = loader.load(self.config.map_size, self.config.max_sockets,
+                                        self.config.syscall_tracepoints)
         except loader.LoadError:
             self.httpd.server_close()
             raise

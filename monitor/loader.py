@@ -177,22 +177,25 @@ def preflight():
     return find_tracefs()
 
 
-def available_probes(bcc):
+SYSCALL_PROBES = {p for p in PROBES if p.startswith("syscalls:")}
+
+
+def available_probes(bcc, excluded=()):
     # Raw tracepoints (Linux 4.17) predate the raw probes' tracepoints (6.3): tracepoint_exists() suffices.
     # Not bcc's BPF.support_raw_tracepoint(): it reads /proc/kallsyms addresses, which need euid 0 and
     # CAP_SYSLOG, are zeroed by kptr_restrict=2 and hidden by systemd's ProtectKernelTunables=.
-    available = {p for p in PROBES if bcc.BPF.tracepoint_exists(*p.split(":"))}
+    available = {p for p in PROBES if p not in excluded and bcc.BPF.tracepoint_exists(*p.split(":"))}
     for a, b in PAIRS:
         if not (a in available and b in available):
             available -= {a, b}
     return available
 
 
-def _compile_and_attach(sock, formats, map_size, max_sockets):
+def _compile_and_attach(sock, formats, map_size, max_sockets, excluded):
     """In the child: everything bcc. Sends {'available', 'flags'} or {'error'} and the fds."""
     try:
         bcc = import_bcc()
-        available = available_probes(bcc)
+        available = available_probes(bcc, excluded)
         flags = compile_flags(available, formats, map_size, max_sockets)
         try:
             bpf = bcc.BPF(src_file=SOURCE.encode(), cflags=flags)
@@ -209,17 +212,20 @@ def _compile_and_attach(sock, formats, map_size, max_sockets):
     socket.send_fds(sock, [json.dumps(message).encode()], fds)
 
 
-def load(map_size, max_sockets, print_only=False):
+def load(map_size, max_sockets, syscall_tracepoints=True, print_only=False):
+    """Attach everything the kernel has, less the syscalls: tracepoints if syscall_tracepoints is false
+    (those are then neither attached nor reported as probes)."""
     tracefs = preflight()
     formats = {p: tracepoint_format(tracefs, p) for p in PROBES}
+    excluded = set() if syscall_tracepoints else SYSCALL_PROBES
     if print_only:
-        return compile_flags(available_probes(import_bcc()), formats, map_size, max_sockets)
+        return compile_flags(available_probes(import_bcc(), excluded), formats, map_size, max_sockets)
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child's work is checked by every BPF test
         parent.close()
         try:
-            _compile_and_attach(child, formats, map_size, max_sockets)
+            _compile_and_attach(child, formats, map_size, max_sockets, excluded)
         finally:
             os._exit(0)  # no cleanup: bcc would detach what the parent now holds
     child.close()
@@ -234,8 +240,10 @@ def load(map_size, max_sockets, print_only=False):
     if "error" in message:
         raise LoadError(message["error"])
     available = set(message["available"])
-    for probe in sorted(set(PROBES) - available):
+    for probe in sorted(set(PROBES) - available - excluded):
         log.warning("tracepoint %s is missing on this kernel: %s", probe, PROBES[probe])
+    if excluded:
+        log.info("syscall tracepoints off (kernel.syscall_tracepoints): %s", PROBES["syscalls:sys_exit_connect"])
     map_fds = dict(zip(MAPS, fds[:len(MAPS)]))
-    attached = {p: p in available for p in PROBES}
+    attached = {p: p in available for p in PROBES if p not in excluded}
     return Programs(map_fds, fds[len(MAPS):], attached, formats, message["flags"])

@@ -135,3 +135,16 @@ def test_eagain_filtered_in_kernel_unless_configured(own_daemon):
     labels = dict(labels)
     assert (labels["errno"], labels["op"], labels["remote"], value) == ("EAGAIN", "recv", "127.0.0.1", 1.0)
     assert labels["port"].isdigit()  # the listener's ephemeral port
+
+
+def test_syscall_tracepoints_off(own_daemon):
+    """Without the syscalls: tracepoints a refused connect still shows, through the kernel-side events."""
+    d = own_daemon("kernel:\n  drain_interval: 200ms\n  syscall_tracepoints: false\n", name="nosys")
+    probes = d.samples("errnomon_probe_attached")
+    assert len(probes) == 9 and set(probes.values()) == {1.0}
+    assert not any("syscalls:" in dict(k)["probe"] for k in probes)
+    r = scenarios.refused("nosys", socket.AF_INET)
+    cli, peer = r["comms"]["cli"], dict(remote=r["remote"], port=str(r["port"]))
+    d.wait_for("errnomon_socket_error_reports_total", [(dict(peer, comm=cli, errno="ECONNREFUSED"), 1)], comm=cli)
+    d.wait_for("errnomon_tcp_resets_received_total", [(dict(peer, comm=cli, state="SYN_SENT"), 1)], comm=cli)
+    d.wait_for("errnomon_socket_errors_total", [], comm=cli)

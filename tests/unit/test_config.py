@@ -61,7 +61,7 @@ def test_empty_sections_give_defaults():
 
 
 def test_kernel_keys():
-    assert KERNEL_KEYS == ("map_size", "max_sockets")
+    assert KERNEL_KEYS == ("map_size", "max_sockets", "syscall_tracepoints")
     names = {f.name for f in dataclasses.fields(Config)}
     assert set(KERNEL_KEYS) <= names
 
@@ -302,7 +302,7 @@ def test_unknown_key_with_suggestion():
         (
             "kernel: {mapsize: 1}",
             "kernel.mapsize",
-            "count, map_size, max_sockets, drain_interval",
+            "count, map_size, max_sockets, drain_interval, syscall_tracepoints",
             "map_size",
         ),
         (
@@ -583,3 +583,12 @@ def test_default_source_and_custom_source():
 def test_config_error_is_always_one_line():
     assert str(ConfigError("a\nb\r\nc")) == "a b c"
     assert isinstance(ConfigError("x"), Exception)
+
+
+def test_syscall_tracepoints():
+    assert parse("").syscall_tracepoints is True
+    assert parse("kernel:\n  syscall_tracepoints: false\n").syscall_tracepoints is False
+    with pytest.raises(ConfigError) as e:
+        parse("kernel:\n  syscall_tracepoints: 'no'\n", "c.yaml")
+    assert "kernel.syscall_tracepoints" in str(e.value)
+    assert "syscall_tracepoints" in KERNEL_KEYS
