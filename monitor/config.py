@@ -67,7 +67,7 @@ class Config:
     map_size: int = 16384          # kernel.map_size (256..1048576)
     max_sockets: int = 65536       # kernel.max_sockets (1024..4194304)
     drain_interval: float = 0.5    # kernel.drain_interval seconds (0.05..10)
-    syscall_tracepoints: bool = True  # kernel.syscall_tracepoints: connect/accept exits (op=connect, accept)
+    syscall_tracepoints: bool = False  # kernel.syscall_tracepoints: connect/accept exits (op=connect, accept)
 
 
 # ---------------------------------------------------------------------------

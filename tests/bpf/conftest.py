@@ -18,6 +18,7 @@ series:
   budget: 5000
 kernel:
   drain_interval: 500ms
+  syscall_tracepoints: true
 """
 
 

@@ -36,7 +36,7 @@ def wait_log(d, text, timeout=5.0):
 
 
 def test_reload_keeps_counts_and_rejects_bad_config(own_daemon):
-    d = own_daemon("kernel:\n  drain_interval: 200ms\n")
+    d = own_daemon("kernel:\n  drain_interval: 200ms\n  syscall_tracepoints: true\n")
     r = scenarios.refused("hup1", socket.AF_INET)
     cli, peer = r["comms"]["cli"], dict(remote=r["remote"], port=str(r["port"]))
     d.wait_for("errnomon_socket_errors_total", [(dict(peer, comm=cli, errno="ECONNREFUSED", op="connect"), 1)],
@@ -51,7 +51,7 @@ def test_reload_keeps_counts_and_rejects_bad_config(own_daemon):
                comm=cli)
 
     # a valid config adding the pid label: old series keep their counts with pid="", new ones get the pid
-    d.config.write_text("labels:\n  pid: true\nkernel:\n  drain_interval: 200ms\n")
+    d.config.write_text("labels:\n  pid: true\nkernel:\n  drain_interval: 200ms\n  syscall_tracepoints: true\n")
     d.signal(signal.SIGHUP)
     wait_log(d, "config reloaded")
     r2 = scenarios.refused("hup2", socket.AF_INET)
@@ -66,7 +66,7 @@ def test_reload_keeps_counts_and_rejects_bad_config(own_daemon):
 
 def test_full_map_is_counted_not_silent(own_daemon):
     """A tiny counts map and a long drain interval: every increment is either exported or counted as dropped."""
-    d = own_daemon("kernel:\n  map_size: 256\n  drain_interval: 10s\n", name="tiny")
+    d = own_daemon("kernel:\n  map_size: 256\n  drain_interval: 10s\n  syscall_tracepoints: true\n", name="tiny")
     n = 100
     results = [scenarios.refused("full%d" % i, socket.AF_INET) for i in range(n)]
     comms = {r["comms"]["cli"] for r in results}
@@ -139,7 +139,7 @@ def test_eagain_filtered_in_kernel_unless_configured(own_daemon):
 
 def test_syscall_tracepoints_off(own_daemon):
     """Without the syscalls: tracepoints a refused connect still shows, through the kernel-side events."""
-    d = own_daemon("kernel:\n  drain_interval: 200ms\n  syscall_tracepoints: false\n", name="nosys")
+    d = own_daemon("kernel:\n  drain_interval: 200ms\n", name="nosys")  # the default
     probes = d.samples("errnomon_probe_attached")
     assert len(probes) == 9 and set(probes.values()) == {1.0}
     assert not any("syscalls:" in dict(k)["probe"] for k in probes)

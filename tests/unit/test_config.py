@@ -586,8 +586,8 @@ def test_config_error_is_always_one_line():
 
 
 def test_syscall_tracepoints():
-    assert parse("").syscall_tracepoints is True
-    assert parse("kernel:\n  syscall_tracepoints: false\n").syscall_tracepoints is False
+    assert parse("").syscall_tracepoints is False
+    assert parse("kernel:\n  syscall_tracepoints: true\n").syscall_tracepoints is True
     with pytest.raises(ConfigError) as e:
         parse("kernel:\n  syscall_tracepoints: 'no'\n", "c.yaml")
     assert "kernel.syscall_tracepoints" in str(e.value)
