@@ -17,6 +17,13 @@ test:
 check: setup
 	$(VENV)/bin/errnomon --config.check --config.file=$(CONFIG)
 
+# Benchmarks (root): installs gcc, bpftrace, python3-matplotlib if missing; results in bench/out/, docs/BENCHMARKS.md.
+# Options through BENCH_ARGS, e.g. make bench BENCH_ARGS='--churn-seconds 60'.
+.PHONY: bench
+bench: setup
+	bash bench/setup.sh
+	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
 	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +

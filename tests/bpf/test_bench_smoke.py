@@ -1,0 +1,76 @@
+"""Smoke run of the benchmark harness: `bench/run.py --quick` completes and writes the expected JSON.
+
+Tiny durations and one round: no timing is asserted (the machine may be busy). The one exact assertion is the
+error storm's: errnomon's counts for the generators' comms equal the generators' own counts. The docs are not
+regenerated (--quick). Needs root, gcc and bpftrace (`make test` installs bpftrace; gcc comes with the kernel
+headers `make setup` installs); fails, rather than skips, without them.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DOC = os.path.join(REPO, "docs", "BENCHMARKS.md")
+
+
+def test_bench_quick(tmp_path):
+    assert os.geteuid() == 0, "the benchmark smoke run needs root: run 'sudo make test'"
+    for tool in ("gcc", "bpftrace"):
+        assert shutil.which(tool), "%s is missing: 'make bench' (bench/setup.sh) installs it" % tool
+    doc_mtime = os.path.getmtime(DOC) if os.path.exists(DOC) else None
+    out = tmp_path / "bench"
+    r = subprocess.run([sys.executable, os.path.join(REPO, "bench", "run.py"), "--quick", "--out", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, "bench/run.py --quick failed (%d):\n%s\n%s" % (r.returncode, r.stdout[-4000:],
+                                                                           r.stderr[-4000:])
+
+    def load(name):
+        with open(out / (name + ".json")) as f:
+            return json.load(f)
+
+    machine = load("machine")
+    for key in ("kernel", "cpu_model", "nproc", "mem_total_mib", "python", "bcc"):
+        assert key in machine, key
+    summary = load("summary")
+    assert summary["failed"] == []
+    assert set(summary["benchmarks"]) == {"hotpath", "storm", "scrape", "footprint"}
+
+    hot = load("hotpath")
+    for size in ("64", "16384"):
+        for config in ("bare", "errnomon", "bpftrace-tp", "bpftrace-syscalls"):
+            res = hot["results"][size][config]
+            assert res["rates"] and all(x > 0 for x in res["rates"]), (size, config)
+            assert "median_ratio" in res and "ns_per_call" in res
+
+    storm = load("storm")
+    for mode in ("epipe", "refused"):
+        m = storm["modes"][mode]
+        gen = m["with_errnomon"]
+        assert gen["errors"] > 0 and gen["unexpected"] == 0, (mode, gen)
+        assert m["counted"] == m["expected"], "%s storm: errnomon counted %s, the generators %s" % (
+            mode, m["counted"], m["expected"])
+        assert sum(m["counted"].values()) == gen["errors"]
+        assert m["exact"] is True
+        for key in ("daemon_cpu_storm_fraction", "rate_kept_under_errnomon", "dropped"):
+            assert key in m, key
+    assert storm["highest_rate_per_s"] > 0
+
+    scrape = load("scrape")
+    for n in ("1000", "10000"):
+        res = scrape["results"][n]
+        assert res["series"] >= int(n)
+        for key in ("generate_latest_median_ms", "http_get_median_ms", "http_get_gzip_median_ms", "ms_per_1k_series"):
+            assert res[key] > 0, (n, key)
+
+    foot = load("footprint")
+    assert foot["startups"] and foot["startups"][0]["ready_s"] > 0
+    assert any(line == "READY=1" for _, line in foot["startups"][0]["status"])
+    assert foot["after_startup"]["RssAnon"] > 0 and foot["after_churn"]["RssAnon"] > 0
+    assert len(foot["samples"]) >= 2
+    assert foot["churn"]["result"].get("processes", 0) > 0, foot["churn"]
+
+    # --quick leaves the docs alone
+    assert (os.path.getmtime(DOC) if os.path.exists(DOC) else None) == doc_mtime
