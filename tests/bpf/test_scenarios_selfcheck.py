@@ -33,8 +33,7 @@ def _ipv6_loopback() -> bool:
 
 
 def _check_family(family):
-    if family == socket.AF_INET6 and not _ipv6_loopback():
-        pytest.skip("no IPv6 loopback")
+    assert family != socket.AF_INET6 or _ipv6_loopback(), "no IPv6 loopback (::1): the IPv6 scenarios need it"
 
 
 def _check_common(res, prefix, roles, remote="127.0.0.1"):
@@ -138,9 +137,9 @@ def test_sigpipe_rejects_unknown_action():
         scenarios.sigpipe("sc5x", "bogus")
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, nftables)")
-@pytest.mark.skipif(not (shutil.which("ip") and shutil.which("nft")), reason="needs ip and nft")
 def test_timeout():
+    assert os.geteuid() == 0, "the timeout scenario needs root (network namespace, nftables): run 'sudo make test'"
+    assert shutil.which("ip") and shutil.which("nft"), "needs ip and nft: 'make test' installs iproute2, nftables"
     res = scenarios.timeout("sc6")
     _check_common(res, "sc6", ("srv", "cli"))
     assert res["errnos"] == {"srv": [], "cli": ["ETIMEDOUT"]}

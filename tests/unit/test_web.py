@@ -93,8 +93,8 @@ def test_routes(registry, path):
 def test_ipv6_loopback(registry):
     try:
         port = free_port("::1", socket.AF_INET6)
-    except OSError:
-        pytest.skip("no IPv6 loopback here")
+    except OSError as e:
+        pytest.fail("no IPv6 loopback (::1) here: errnomon is tested on IPv6 too (%s)" % e)
     with serving("[::1]:%d" % port, "/metrics", registry) as httpd:
         assert httpd.socket.family == socket.AF_INET6
         status, _, body = get("http://[::1]:%d/metrics" % port)
