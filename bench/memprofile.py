@@ -54,7 +54,7 @@ def main():
     steps.append(("daemon modules + prometheus_client + yaml", rss_anon_kib()))
     before_load = anon_by_mapping()
     from monitor import loader
-    programs = loader.load(16384, 65536)
+    programs = loader.load(loader.preflight(), 16384, 65536)
     # whether the loader compiled in this process (bcc, LLVM and the compiler heap stay) or elsewhere
     in_process = "bcc" in sys.modules
     steps.append(("loader.load(): compile + attach%s" % (" (bcc in this process)" if in_process

@@ -66,7 +66,8 @@ def main(argv=None):
     logs.setup(args.log_level, args.log_format)
     if args.ebpf:
         try:
-            flags = loader.load(config.map_size, config.max_sockets, config.syscall_tracepoints, print_only=True)
+            flags = loader.load(loader.preflight(), config.map_size, config.max_sockets,
+                                config.syscall_tracepoints, print_only=True)
         except loader.LoadError as e:
             return fail(str(e))
         with open(loader.SOURCE) as f:

@@ -43,13 +43,13 @@ class Daemon:
 
         Privileges and the listen address are checked before anything is logged, so that each of those
         failures is a single line."""
-        loader.preflight()
+        tracefs = loader.preflight()
         self.registry = CollectorRegistry()
         self.httpd = web.bind(self.listen_address, self.telemetry_path, self.registry)
         self.status("loading BPF programs")
         t0 = time.monotonic()
         try:
-            self.programs = loader.load(self.config.map_size, self.config.max_sockets,
+            self.programs = loader.load(tracefs, self.config.map_size, self.config.max_sockets,
                                         self.config.syscall_tracepoints)
         except loader.LoadError:
             self.httpd.server_close()

@@ -102,16 +102,24 @@ def check_headers():
                         "which links the distribution's generic headers there" % (build, release))
 
 
+def _bcc_missing():
+    import sys
+    return LoadError("bcc is not importable by %s: apt-get install python3-bpfcc and run errnomon from a venv "
+                     "made with /usr/bin/python3 --system-site-packages ('make setup' does both)" % sys.executable)
+
+
+def check_bcc():
+    """bcc is importable, without importing it (the daemon never maps libbcc; only the loader's child does)."""
+    if importlib.util.find_spec("bcc") is None:
+        raise _bcc_missing()
+
+
 def import_bcc():
+    check_bcc()
     try:
-        if importlib.util.find_spec("bcc") is None:
-            raise ImportError("no module named 'bcc'")
-        import bcc  # noqa: F401
+        import bcc
     except ImportError:
-        import sys
-        raise LoadError("bcc is not importable by %s: apt-get install python3-bpfcc and run errnomon from a "
-                        "venv made with /usr/bin/python3 --system-site-packages ('make setup' does both)"
-                        % sys.executable)
+        raise _bcc_missing()
     return bcc
 
 
@@ -171,8 +179,7 @@ class Programs:
 def preflight():
     """Every check that can fail before compiling, in the order a user can fix them. Imports no bcc."""
     check_privileges()
-    if importlib.util.find_spec("bcc") is None:
-        import_bcc()  # raises the LoadError that says how to install it
+    check_bcc()
     check_headers()
     return find_tracefs()
 
@@ -212,10 +219,9 @@ def _compile_and_attach(sock, formats, map_size, max_sockets, excluded):
     socket.send_fds(sock, [json.dumps(message).encode()], fds)
 
 
-def load(map_size, max_sockets, syscall_tracepoints=True, print_only=False):
+def load(tracefs, map_size, max_sockets, syscall_tracepoints=False, print_only=False):
     """Attach everything the kernel has, less the syscalls: tracepoints if syscall_tracepoints is false
-    (those are then neither attached nor reported as probes)."""
-    tracefs = preflight()
+    (those are then neither attached nor reported as probes). tracefs: what preflight() returned."""
     formats = {p: tracepoint_format(tracefs, p) for p in PROBES}
     excluded = set() if syscall_tracepoints else SYSCALL_PROBES
     if print_only:
