@@ -33,14 +33,14 @@ APT_UPDATED=0
 apt_update_once() {
     [ "$APT_UPDATED" -eq 1 ] && return 0
     say "apt-get update"
-    apt-get update -q >/dev/null
+    apt-get update -q -o DPkg::Lock::Timeout=600 >/dev/null
     APT_UPDATED=1
 }
 apt_install() {
     need_root "installing $*"
     apt_update_once
     say "apt-get install $*"
-    apt-get install -y -q --no-install-recommends "$@" </dev/null >/dev/null
+    apt-get install -y -q -o DPkg::Lock::Timeout=600 --no-install-recommends "$@" </dev/null >/dev/null
 }
 installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
 in_apt()    { apt-cache show --no-all-versions "$1" >/dev/null 2>&1; }

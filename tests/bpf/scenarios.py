@@ -78,9 +78,14 @@ class ScenarioError(RuntimeError):
     """A scenario could not run as designed (child crashed or hung)."""
 
 
+# Set ERRNOMON_TEST_TAG (one or two characters) to keep the comms of two test runs on one host apart:
+# every daemon counts the whole host, so two runs of the same test would otherwise count each other.
+RUN_TAG = os.environ.get("ERRNOMON_TEST_TAG", "")[:2]
+
+
 def make_comm(comm_prefix: str, role: str) -> str:
     """The comm a scenario gives the child playing ``role``."""
-    return f"{comm_prefix}_{role}"[:15]
+    return f"{RUN_TAG}{comm_prefix}_{role}"[:15]
 
 
 def _loopback(family: int) -> str:

@@ -137,7 +137,7 @@ def test_pipe_sigpipe_is_not_taken_for_a_socket_one(daemon):
     """SIGPIPE from a pipe, then an EPIPE on a socket with MSG_NOSIGNAL: no socket SIGPIPE is counted."""
     import os
     import struct
-    comm = "pipesig_cli"
+    comm = scenarios.make_comm("pipesig", "cli")
     pid = os.fork()
     if pid == 0:  # child: one thread does both, as the kernel sees it
         try:

@@ -44,8 +44,8 @@ pytestmark = pytest.mark.bpf
 PROMETHEUS = "/usr/bin/prometheus"
 TEST_BUDGET = 85.0  # seconds for the whole test, errnomon and Prometheus start-up included
 PR_SET_NAME = 15
-CHURN_COMM = "e2e_churn"
-REFUSE_COMM = "e2e_refuse"
+CHURN_COMM = scenarios.make_comm("e2e", "churn")
+REFUSE_COMM = scenarios.make_comm("e2e", "refuse")
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -255,8 +255,10 @@ def test_prometheus_rules_and_dashboard_on_live_errnomon(tmp_path):
         # Grafana's regex form of a multi-value selection, values escaped as in a PromQL string
         chosen = {
             "instance": "(%s)" % live.replace(".", "\\\\."),
-            "comm": "(%s)" % "|".join([killed_comm, handled["comms"]["cli"], CHURN_COMM, "e2eto_cli", "e2err_cli",
-                                       "e2eto_srv", "e2err_srv", "e2eef_cli", "e2eok_cli", "e2eok_srv"]),
+            "comm": "(%s)" % "|".join([killed_comm, handled["comms"]["cli"], CHURN_COMM] + [
+                scenarios.make_comm(p, r) for p, r in (("e2eto", "cli"), ("e2err", "cli"), ("e2eto", "srv"),
+                                                       ("e2err", "srv"), ("e2eef", "cli"), ("e2eok", "cli"),
+                                                       ("e2eok", "srv"))]),
             "errno": "(ECONNRESET|EPIPE|ETIMEDOUT|ECONNREFUSED)",
         }
 

@@ -49,8 +49,8 @@ def _clean_exit(res, role):
 
 
 def test_make_comm_truncates_to_15():
-    assert scenarios.make_comm("t3", "cli") == "t3_cli"
-    assert scenarios.make_comm("averylongprefix", "srv") == "averylongprefix"[:15]
+    assert scenarios.make_comm("t3", "cli") == scenarios.RUN_TAG + "t3_cli"
+    assert scenarios.make_comm("averylongprefix", "srv") == (scenarios.RUN_TAG + "averylongprefix")[:15]
     assert len(scenarios.make_comm("x" * 20, "cli")) == 15
 
 

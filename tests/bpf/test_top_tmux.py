@@ -92,7 +92,7 @@ def refused_row(lines):
     rate_at = -2 if header.split()[-1] == "TOTAL" else -1  # TOTAL is the first column dropped when narrow
     for line in lines:
         tokens = line.split()
-        if len(tokens) >= 4 and tokens[0] == "ECONNREFUSED" and "tt_cli" in tokens:
+        if len(tokens) >= 4 and tokens[0] == "ECONNREFUSED" and scenarios.make_comm("tt", "cli") in tokens:
             try:
                 rate = float(tokens[rate_at])
             except ValueError:
