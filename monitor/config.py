@@ -10,14 +10,24 @@ Only the standard library and PyYAML are used.
 import difflib
 import ipaddress
 import math
+import os
 import re
+import reprlib
+import stat
 from dataclasses import dataclass
 from typing import Any, Dict, Tuple
 
 import yaml
 from yaml.reader import ReaderError
 
-__all__ = ["ConfigError", "Group", "Config", "parse", "load", "KERNEL_KEYS"]
+__all__ = ["ConfigError", "Group", "Config", "parse", "read", "load", "KERNEL_KEYS"]
+
+# What a config may cost, checked before and while parsing: a real one is a few hundred bytes, a few
+# dozen values and 5 levels deep. A file that breaks these is a mistake or an attack, never a config.
+MAX_BYTES = 1 << 20       # file size
+MAX_NODES = 50_000        # YAML values, aliases counted as what they expand to
+MAX_DEPTH = 32            # nesting levels
+MAX_NUMBER_CHARS = 32     # characters of one number, checked before int()/float()
 
 # Settings that size kernel maps: they only take effect at start, a reload
 # cannot change them.
@@ -43,9 +53,18 @@ class ConfigError(Exception):
     """One line: what is wrong and how to fix it (the CLI prints str(e) and exits 2)."""
 
     def __init__(self, message: str) -> None:
-        # Guarantee a single line whatever ended up in the message.
+        # Guarantee a single line whatever ended up in the message, and no raw control characters
+        # (a key or value from the file may hold any): they are shown escaped.
         text = str(message).replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
-        super().__init__(text)
+        super().__init__(_CONTROL.sub(_escape, text))
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escape(match) -> str:
+    code = ord(match.group())
+    return "\\x%02x" % code if code < 0x100 else "\\u%04x" % code
 
 
 @dataclass(frozen=True)
@@ -84,14 +103,22 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxset = 2, 3, 3, 3
+_REPR.maxstring, _REPR.maxlong, _REPR.maxother = 50, 40, 40
+
+
+def _short(value: Any) -> str:
+    """repr() bounded in work and length whatever the value (reprlib: never the whole expanded value)."""
+    text = _REPR.repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _describe(value: Any) -> str:
     """A short, single-line rendering of a YAML value plus its type."""
     if value is None:
         return "nothing (null)"
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return "%s (%s)" % (text, _type_name(value))
+    return "%s (%s)" % (_short(value), _type_name(value))
 
 
 def _is_int(value: Any) -> bool:
@@ -142,7 +169,7 @@ class _Parser:
         for key in value:
             if isinstance(key, str) and key in valid:
                 continue
-            key_text = str(key)
+            key_text = key if isinstance(key, str) and len(key) <= 60 else _short(key)
             key_path = "%s.%s" % (path, key_text) if path else key_text
             message = "unknown key; valid keys here: %s" % ", ".join(valid)
             close = difflib.get_close_matches(key_text, valid, n=1)
@@ -177,12 +204,12 @@ class _Parser:
         elif isinstance(value, str):
             match = _DURATION_RE.match(value)
             if not match:
-                raise self.error(path, "%r is not a duration: %s" % (value, hint))
+                raise self.error(path, "%s is not a duration: %s" % (_short(value), hint))
             seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
         else:
             raise self.error(path, "expected a duration, got %s: %s" % (_describe(value), hint))
         if not math.isfinite(seconds):
-            raise self.error(path, "%r is not a finite duration: %s" % (value, hint))
+            raise self.error(path, "%s is not a finite duration: %s" % (_short(value), hint))
         return seconds
 
     # -- sections -----------------------------------------------------------
@@ -265,7 +292,7 @@ class _Parser:
                     "expected an errno name (one of %s), got %s" % (allowed, _describe(item)),
                 )
             if item not in COUNTABLE_ERRNOS:
-                message = "%r cannot be listed here: allowed values are %s" % (item, allowed)
+                message = "%s cannot be listed here: allowed values are %s" % (_short(item), allowed)
                 if item.upper() in COUNTABLE_ERRNOS:
                     message += "; did you mean %r?" % item.upper()
                 raise self.error(item_path, message)
@@ -302,8 +329,8 @@ class _Parser:
             if name in seen:
                 raise self.error(
                     item_path + ".name",
-                    "duplicate group name %r (already used by %s): group names must be unique"
-                    % (name, seen[name]),
+                    "duplicate group name %s (already used by %s): group names must be unique"
+                    % (_short(name), seen[name]),
                 )
             seen[name] = item_path
             networks = self.cidrs(entry["cidrs"], item_path + ".cidrs")
@@ -318,8 +345,8 @@ class _Parser:
         if value in RESERVED_GROUP_NAMES:
             raise self.error(
                 path,
-                "%r is reserved (it labels peers outside every group): choose another name"
-                % value,
+                "%s is reserved (it labels peers outside every group): choose another name"
+                % _short(value),
             )
         return value
 
@@ -349,11 +376,135 @@ class _Parser:
             detail = str(exc)
             if "has host bits set" in detail:
                 fixed = cls(text, strict=False)
-                raise self.error(path, "%r has host bits set: did you mean %s?" % (value, fixed))
-            raise self.error(path, "%r is not a valid CIDR network: %s" % (value, detail))
+                raise self.error(path, "%s has host bits set: did you mean %s?" % (_short(value), fixed))
+            raise self.error(path, "%s is not a valid CIDR network: %s" % (_short(value), detail))
+
+
+class _Refused(yaml.YAMLError):
+    """A limit or a value the safe loader refuses; ``line`` is 1-based or None."""
+
+    def __init__(self, message: str, mark=None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = mark.line + 1 if mark is not None else None
+
+
+def _scalar_text(node) -> str:
+    return _short(node.value)
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's SafeLoader with bounded cost and no surprises.
+
+    - at most MAX_DEPTH levels of nesting (the composer recurses once per level),
+    - at most MAX_NODES values, counting every alias as the size of what it stands for (the alias bomb),
+    - duplicate keys refused with both lines (YAML would silently keep the last one),
+    - numbers checked for length before conversion, bad !!int/!!float/!!bool/!!timestamp values refused
+      with their line instead of raising ValueError/KeyError/AttributeError.
+    """
+
+    def __init__(self, stream) -> None:
+        super().__init__(stream)
+        self.depth = 0
+        self.nodes = 0
+        self.sizes: Dict[int, int] = {}  # id(node) -> values it expands to, for aliases
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            node = self.anchors.get(event.anchor)
+            if node is not None:
+                self._count(self._size(node), event.start_mark)
+            return super().compose_node(parent, index)
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise _Refused("nested more than %d levels deep: a config needs at most 5" % MAX_DEPTH,
+                           self.peek_event().start_mark)
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+        self._count(1, node.start_mark)
+        return node
+
+    def _count(self, n, mark) -> None:
+        self.nodes += n
+        if self.nodes > MAX_NODES:
+            raise _Refused("more than %d values (aliases count as what they repeat): "
+                           "a config needs far fewer; write it out without the aliases" % MAX_NODES, mark)
+
+    def _size(self, node) -> int:
+        """How many values ``node`` stands for, aliases expanded (memoized: cheap on a bomb)."""
+        known = self.sizes.get(id(node))
+        if known is not None:
+            return known
+        size = 1
+        if isinstance(node, yaml.SequenceNode):
+            size += sum(self._size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            size += sum(self._size(k) + self._size(v) for k, v in node.value)
+        size = min(size, MAX_NODES + 1)
+        self.sizes[id(node)] = size
+        return size
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: Dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:
+                    continue  # unhashable: SafeConstructor says so with its line
+                if first is not key_node:
+                    raise _Refused("duplicate key %s (first on line %d): keep one of them"
+                                   % (_short(key), first.start_mark.line + 1), key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+    def _number(self, node, construct, fix):
+        if len(str(node.value).replace("_", "")) > MAX_NUMBER_CHARS:
+            raise _Refused("the number %s is too long (more than %d characters): errnomon's numbers are "
+                           "far smaller" % (_scalar_text(node), MAX_NUMBER_CHARS), node.start_mark)
+        try:
+            return construct(self, node)
+        except (ValueError, TypeError, IndexError, OverflowError):
+            raise _Refused("%s %s" % (_scalar_text(node), fix), node.start_mark) from None
+
+    def construct_yaml_int(self, node):
+        return self._number(node, yaml.SafeLoader.construct_yaml_int,
+                            "is not a whole number: remove the !!int tag or write digits")
+
+    def construct_yaml_float(self, node):
+        return self._number(node, yaml.SafeLoader.construct_yaml_float,
+                            "is not a number: remove the !!float tag or write e.g. 1.5")
+
+    def construct_yaml_bool(self, node):
+        try:
+            return super().construct_yaml_bool(node)
+        except (KeyError, AttributeError):
+            raise _Refused("%s is not true or false: remove the !!bool tag or write true or false"
+                           % _scalar_text(node), node.start_mark) from None
+
+    def construct_yaml_timestamp(self, node):
+        try:
+            return super().construct_yaml_timestamp(node)
+        except (ValueError, TypeError, AttributeError, OverflowError):
+            raise _Refused("%s looks like a date but is not a valid one: quote it if it is text"
+                           % _scalar_text(node), node.start_mark) from None
+
+
+for _tag, _method in (("int", _Loader.construct_yaml_int), ("float", _Loader.construct_yaml_float),
+                      ("bool", _Loader.construct_yaml_bool), ("timestamp", _Loader.construct_yaml_timestamp)):
+    _Loader.add_constructor("tag:yaml.org,2002:" + _tag, _method)
 
 
 def _yaml_error(source: str, exc: yaml.YAMLError) -> ConfigError:
+    if isinstance(exc, _Refused):
+        if exc.line is not None:
+            return ConfigError("%s: line %d: %s" % (source, exc.line, exc.message))
+        return ConfigError("%s: %s" % (source, exc.message))
     if isinstance(exc, ReaderError):
         return ConfigError(
             "%s: invalid YAML: %s at character %d: remove it or save the file as UTF-8"
@@ -367,6 +518,9 @@ def _yaml_error(source: str, exc: yaml.YAMLError) -> ConfigError:
     else:
         lines = str(exc).strip().splitlines()
         detail = lines[0] if lines else type(exc).__name__
+    if problem and "found ':'" in problem and context and "flow" in context:
+        # [::1/128] or {b: ::1}: a value starting with ':' ends a flow collection's plain scalar
+        detail += ": quote IPv6 addresses inside [...] or {...}, e.g. [\"::1/128\"]"
     if mark is not None:
         return ConfigError("%s: line %d: invalid YAML: %s" % (source, mark.line + 1, detail))
     return ConfigError("%s: invalid YAML: %s" % (source, detail))
@@ -379,25 +533,74 @@ def _yaml_error(source: str, exc: yaml.YAMLError) -> ConfigError:
 def parse(text: str, source: str = "<config>") -> Config:
     """Parse and validate config ``text``; ``source`` prefixes every error message."""
     try:
-        data = yaml.safe_load(text)
+        loader = _Loader(text)
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
+        return _Parser(source).parse(data)
+    except ConfigError:
+        raise
     except yaml.YAMLError as exc:
         raise _yaml_error(source, exc) from None
-    return _Parser(source).parse(data)
+    except (RecursionError, MemoryError) as exc:
+        raise ConfigError("%s: the config is too large or too deeply nested to load (%s): simplify it"
+                          % (source, type(exc).__name__)) from None
+    except Exception as exc:  # the safety net: whatever PyYAML or a value raises, one line, never a traceback
+        raise ConfigError("%s: cannot load the config (%s: %s): check the file with --config.check"
+                          % (source, type(exc).__name__, _short(str(exc)))) from None
 
 
-def load(path: str) -> Config:
-    """Read and parse the config file at ``path``."""
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def read(path: str) -> str:
+    """The text of the config file at ``path``, refusing before reading anything that could block or
+    be unbounded: a FIFO, a device, a directory (opened non-blocking, checked with fstat), a file over
+    MAX_BYTES."""
     try:
-        with open(path, "r", encoding="utf-8") as handle:
-            text = handle.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        raise ConfigError("%s: cannot read config file: %s: check --config.file"
+                          % (path, exc.strerror or exc)) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError("%s: cannot read config file: it is %s, not a regular file: point --config.file "
+                              "at a YAML file" % (path, _kind(info.st_mode)))
+        if info.st_size > MAX_BYTES:
+            raise ConfigError("%s: cannot read config file: %d bytes is over the %d KiB limit: a config "
+                              "needs a few KiB; check --config.file" % (path, info.st_size, MAX_BYTES // 1024))
+        chunks, size = [], 0
+        while size <= MAX_BYTES:  # a file growing while read is still bounded
+            chunk = os.read(fd, MAX_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_BYTES:
+            raise ConfigError("%s: cannot read config file: it is over the %d KiB limit: a config needs a "
+                              "few KiB; check --config.file" % (path, MAX_BYTES // 1024))
+        data = b"".join(chunks)
+    except OSError as exc:
+        raise ConfigError("%s: cannot read config file: %s: check --config.file"
+                          % (path, exc.strerror or exc)) from None
+    finally:
+        os.close(fd)
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(
             "%s: cannot read config file: not valid UTF-8 (byte offset %d): save it as UTF-8"
             % (path, exc.start)
         ) from None
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise ConfigError(
-            "%s: cannot read config file: %s: check --config.file" % (path, reason)
-        ) from None
-    return parse(text, source=path)
+
+
+def load(path: str) -> Config:
+    """Read and parse the config file at ``path``."""
+    return parse(read(path), source=path)
