@@ -1,6 +1,8 @@
 """Wires the steps together: loader -> drain -> decode -> aggregate -> collector -> HTTP."""
 
 import logging
+import os
+import select
 import signal
 import threading
 import time
@@ -24,15 +26,102 @@ def count_flags(config):
     return flags
 
 
+class Signals:
+    """SIGTERM, SIGINT and SIGHUP, recorded and nothing else.
+
+    A handler runs between two bytecodes of whatever the main thread was doing, so it must not take a
+    lock (threading.Event.set() does: a burst of signals deadlocked on it). The handler only sets a flag;
+    the C-level handler also writes a byte to the wakeup pipe (signal.set_wakeup_fd), which the main loop
+    waits on with select(), so a signal wakes the loop at once. Installed before start-up: a signal during
+    the BPF compile is acted on as soon as the loop runs."""
+
+    def __init__(self):
+        self.rfd, self.wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.stop = None  # the first stop signal's name
+        self.hup = False
+        signal.set_wakeup_fd(self.wfd, warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._record)
+
+    def _record(self, signum, frame):
+        if signum == signal.SIGHUP:
+            self.hup = True
+        elif self.stop is None:
+            self.stop = signal.Signals(signum).name
+
+    def wake(self):
+        """Wake the loop from another thread (a finished reload)."""
+        try:
+            os.write(self.wfd, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full: the loop is awake anyway
+
+    def wait(self, timeout):
+        """Sleep until a signal, a wake() or `timeout` seconds; empties the pipe."""
+        ready, _, _ = select.select([self.rfd], [], [], max(0.0, timeout))
+        if ready:
+            try:
+                while os.read(self.rfd, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def take_hup(self):
+        hup, self.hup = self.hup, False
+        return hup
+
+
+class Reloader:
+    """Reads and checks the config file in a worker thread, so a slow or hostile file never holds up
+    the counting loop or the watchdog. One read at a time: SIGHUPs that arrive while one runs make one
+    more read after it, however many they are."""
+
+    def __init__(self, path, wake):
+        self.path = path
+        self.wake = wake
+        self.thread = None
+        self.result = None  # (Config or None, error message or None)
+        self.again = False
+
+    def request(self):
+        if self.thread is not None:
+            self.again = True
+            return
+        self.result = None
+        self.thread = threading.Thread(target=self._read, name="reload", daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        try:
+            self.result = (config_mod.load(self.path), None)
+        except config_mod.ConfigError as e:
+            self.result = (None, str(e))
+        except BaseException as e:  # config.load catches everything it knows; nothing may kill a reload
+            self.result = (None, "%s: cannot load the config (%s): check it with --config.check"
+                           % (self.path, type(e).__name__))
+        finally:
+            self.wake()
+
+    def done(self):
+        """The finished read's (config, error), or None while one is running or none was asked for."""
+        if self.thread is None or self.thread.is_alive():
+            return None
+        self.thread.join()
+        self.thread, result = None, self.result
+        if self.again:
+            self.again = False
+            self.request()
+        return result
+
+
 class Daemon:
     def __init__(self, config, config_file, listen_address, telemetry_path):
         self.config = config
         self.config_file = config_file
         self.listen_address = listen_address
         self.telemetry_path = telemetry_path
-        self.wake = threading.Event()
-        self.stopping = False
-        self.reload_requested = False
+        self.signals = Signals()
+        self.reloader = Reloader(config_file, self.signals.wake)
 
     def status(self, text):
         log.info(text)
@@ -44,8 +133,8 @@ class Daemon:
         Privileges and the listen address are checked before anything is logged, so that each of those
         failures is a single line."""
         tracefs = loader.preflight()
-        self.registry = CollectorRegistry()
-        self.httpd = web.bind(self.listen_address, self.telemetry_path, self.registry)
+        self.registry = CollectorRegistry(auto_describe=True)  # so that ?name[]= finds the collector's metrics
+        self.httpd = web.bind(self.listen_address, self.telemetry_path, self.registry, web.raise_file_limit())
         self.status("loading BPF programs")
         t0 = time.monotonic()
         try:
@@ -74,12 +163,10 @@ class Daemon:
         if events:
             self.aggregator.add((self.decoder(key), n) for key, n in events)
 
-    def reload(self):
-        self.reload_requested = False
-        try:
-            new = config_mod.load(self.config_file)
-        except config_mod.ConfigError as e:
-            log.error("reload failed, keeping the running config: %s", e)
+    def apply(self, new, error):
+        """Apply a finished reload; a failed one keeps the running config and every count."""
+        if error is not None:
+            log.error("reload failed, keeping the running config and all counts: %s", error)
             return
         for key in config_mod.KERNEL_KEYS:
             if getattr(new, key) != getattr(self.config, key):
@@ -89,27 +176,18 @@ class Daemon:
         self.drain.set_count_flags(count_flags(new))
         log.info("config reloaded from %s", self.config_file)
 
-    def _on_signal(self, signum, frame):
-        if signum == signal.SIGHUP:
-            self.reload_requested = True
-        else:
-            self.stopping = True
-        self.wake.set()
-
     def run(self):
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, self._on_signal)
+        signals = self.signals
         watchdog = sdnotify.watchdog_interval()
         now = time.monotonic()
         next_drain, next_ping, next_expire = now + self.config.drain_interval, now, now + EXPIRE_EVERY
         try:
-            while not self.stopping:
-                # the watchdog has its own deadline: a WatchdogSec shorter than the drain interval still works
-                deadline = min(next_drain, next_ping) if watchdog else next_drain
-                self.wake.wait(max(0.0, deadline - time.monotonic()))
-                self.wake.clear()
-                if self.reload_requested:
-                    self.reload()
+            while signals.stop is None:
+                if signals.take_hup():
+                    self.reloader.request()
+                finished = self.reloader.done()
+                if finished is not None:
+                    self.apply(*finished)
                 now = time.monotonic()
                 if watchdog and now >= next_ping:
                     sdnotify.notify("WATCHDOG=1")
@@ -120,6 +198,10 @@ class Daemon:
                 if now >= next_expire:
                     self.aggregator.expire()
                     next_expire = now + EXPIRE_EVERY
+                # the watchdog has its own deadline: a WatchdogSec shorter than the drain interval still works
+                deadline = min(next_drain, next_ping) if watchdog else next_drain
+                signals.wait(deadline - time.monotonic())
+            log.info("%s received", signals.stop)
         finally:
             self.stop()
 
@@ -127,4 +209,5 @@ class Daemon:
         sdnotify.notify("STOPPING=1")
         log.info("shutting down: detaching BPF programs")
         self.httpd.shutdown()
+        self.httpd.server_close()
         self.programs.close()
