@@ -2,9 +2,11 @@
 
 import argparse
 import logging
+import os
 import sys
 
 from . import __version__, config as config_mod
+from .logs import escape_controls
 
 EXAMPLES = """examples:
   errnomon --config.file=/etc/errnomon/config.yaml
@@ -14,12 +16,21 @@ EXAMPLES = """examples:
   errnomon top [--url http://127.0.0.1:9779/metrics] [--interval 1]   # live view of a running errnomon
 
 Needs root (or CAP_BPF, CAP_PERFMON and CAP_DAC_READ_SEARCH), bcc (python3-bpfcc) and kernel headers: 'make setup' installs them.
-SIGHUP reloads the config; SIGTERM or SIGINT stop and detach the programs.
+SIGHUP reloads the config (read in the background; a bad file is logged and the running config and
+every count are kept); SIGTERM or SIGINT stop and detach the programs. Both are honoured during start-up.
+Misuse and bad configs are one line on stderr and exit status 2.
 """
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line, like every other errnomon failure."""
+
+    def error(self, message):
+        self.exit(2, "errnomon: error: %s: see '%s --help'\n" % (escape_controls(message), self.prog))
+
+
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="errnomon", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Count the socket errors applications see (ECONNRESET, EPIPE, ETIMEDOUT, ECONNREFUSED, ...) "
                     "per process, peer and service port from eBPF tracepoints, and serve them to Prometheus.")
@@ -41,8 +52,20 @@ def build_parser():
 
 
 def fail(message):
-    print("errnomon: error: " + message, file=sys.stderr)
+    print("errnomon: error: " + escape_controls(message), file=sys.stderr)
     return 2
+
+
+def check_bpf_dir():
+    """None, or what is wrong with ERRNOMON_BPF_DIR (the installed copy of bpf/) and what to do."""
+    path = os.environ.get("ERRNOMON_BPF_DIR")
+    if path is None:
+        return None
+    for name in ("errnomon.h", "errnomon.bpf.c"):
+        if not os.path.isfile(os.path.join(path, name)):
+            return ("ERRNOMON_BPF_DIR=%s has no %s: point it at errnomon's bpf/ directory (scripts/install.sh "
+                    "copies it) or unset it" % (path, name))
+    return None
 
 
 def main(argv=None):
@@ -51,9 +74,10 @@ def main(argv=None):
         from . import top
         return top.main(argv[1:])
     args = build_parser().parse_args(argv)
-    if not args.telemetry_path.startswith("/") or args.telemetry_path == "/":
-        return fail("--web.telemetry-path %r must start with / and not be / itself, e.g. /metrics"
-                    % args.telemetry_path)
+    from . import web
+    problem = web.check_telemetry_path(args.telemetry_path)
+    if problem:
+        return fail(problem)
     try:
         config = config_mod.load(args.config_file)
     except config_mod.ConfigError as e:
@@ -61,8 +85,15 @@ def main(argv=None):
     if args.config_check:
         print("errnomon: config %s is valid" % args.config_file)
         return 0
+    problem = check_bpf_dir()
+    if problem:
+        return fail(problem)
 
-    from . import loader, logs, web
+    try:
+        from . import loader, logs
+    except OSError as e:  # the BPF header the ABI is read from is missing: a broken checkout or install
+        return fail("cannot read errnomon's BPF sources (%s): reinstall errnomon or set ERRNOMON_BPF_DIR to "
+                    "its bpf/ directory" % e)
     logs.setup(args.log_level, args.log_format)
     if args.ebpf:
         try:

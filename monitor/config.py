@@ -20,6 +20,8 @@ from typing import Any, Dict, Tuple
 import yaml
 from yaml.reader import ReaderError
 
+from .logs import escape_controls
+
 __all__ = ["ConfigError", "Group", "Config", "parse", "read", "load", "KERNEL_KEYS"]
 
 # What a config may cost, checked before and while parsing: a real one is a few hundred bytes, a few
@@ -56,15 +58,7 @@ class ConfigError(Exception):
         # Guarantee a single line whatever ended up in the message, and no raw control characters
         # (a key or value from the file may hold any): they are shown escaped.
         text = str(message).replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
-        super().__init__(_CONTROL.sub(_escape, text))
-
-
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-def _escape(match) -> str:
-    code = ord(match.group())
-    return "\\x%02x" % code if code < 0x100 else "\\u%04x" % code
+        super().__init__(escape_controls(text))
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
     errnomon top [--url URL] [--interval SECONDS] [--once]
 
 It only reads the Prometheus text exposition over HTTP, so it runs on any machine and as any user: this
-module must not import bcc, nor any monitor module that does (it imports none).
+module must not import bcc, nor any monitor module that does (it imports only logs and cli, which do not).
 
 Structure, so that everything but the terminal is testable without one:
 
@@ -19,6 +19,7 @@ Structure, so that everything but the terminal is testable without one:
 
 import argparse
 import collections
+import http.client
 import os
 import signal
 import socket
@@ -31,6 +32,8 @@ import urllib.parse
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from .logs import escape_controls
 
 DEFAULT_URL = "http://127.0.0.1:9779/metrics"
 
@@ -133,7 +136,8 @@ def fetch(url, timeout=5.0):
         try:
             with urllib.request.urlopen(url, timeout=timeout) as r:
                 body = r.read()
-        except (OSError, ValueError, urllib.error.URLError) as e:  # ValueError: not a URL urllib can open
+        # ValueError: not a URL urllib can open; HTTPException: a broken HTTP answer (http.client's own)
+        except (OSError, ValueError, urllib.error.URLError, http.client.HTTPException) as e:
             raise FetchError(_reason(e))
         try:
             samples = parse(body.decode("utf-8", "replace"))
@@ -142,7 +146,7 @@ def fetch(url, timeout=5.0):
         if "errnomon_build_info" not in samples:
             raise FetchError("no errnomon metrics there")
     except FetchError as e:
-        message = " ".join(str(e).split())  # one line, whatever the reason looked like
+        message = escape_controls(" ".join(str(e).split()))  # one line, whatever the reason looked like
         return Result(None, message, time.monotonic(), time.time())
     return Result(samples, None, time.monotonic(), time.time())
 
@@ -593,8 +597,23 @@ def run_once(url, interval, width, out=None):
     return 0
 
 
+def check_url(url):
+    """None if `url` (normalized) is an http(s) URL urllib can open, else what is wrong (one line)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # raises ValueError for a port that is not a number in range
+    except ValueError as e:
+        return "--url %r is not a URL (%s): use e.g. http://127.0.0.1:9779/metrics" % (url, e)
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "--url %s holds spaces or control characters: use e.g. http://127.0.0.1:9779/metrics" % ascii(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "--url %r is not an http:// or https:// URL with a host: use e.g. http://127.0.0.1:9779/metrics" % url
+    return None
+
+
 def build_parser():
-    p = argparse.ArgumentParser(
+    from .cli import ArgumentParser  # one-line usage errors; cli imports nothing that needs bcc
+    p = ArgumentParser(
         prog="errnomon top", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Live view of a running errnomon: error rates by errno, process, peer and port, resets\n"
                     "and SIGPIPE, refreshed every --interval seconds and sorted by rate. q or Ctrl-C quits.\n"
@@ -618,7 +637,15 @@ def main(argv=None):
         print("errnomon: error: --interval %g is out of range: give 0.1 to 3600 seconds" % args.interval,
               file=sys.stderr)
         return 2
-    url = normalize_url(args.url)
+    try:
+        url = normalize_url(args.url)
+    except ValueError as e:
+        url, problem = args.url, "--url %r is not a URL (%s): use e.g. http://127.0.0.1:9779/metrics" % (args.url, e)
+    else:
+        problem = check_url(url)
+    if problem:
+        print("errnomon: error: " + escape_controls(problem), file=sys.stderr)
+        return 2
     if args.once:
         import shutil
         return run_once(url, args.interval, shutil.get_terminal_size().columns)

@@ -20,8 +20,9 @@ FLAGS = ("--config.file", "--config.check", "--web.listen-address", "--web.telem
          "--log.format")
 
 
-def run(*args, **kwargs):
-    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+def run(*args, env=None, **kwargs):
+    env = {k: v for k, v in (env or os.environ).items()
+           if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
     return subprocess.run([sys.executable, "-m", "monitor.cli", *args], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=60, **kwargs)
 
@@ -120,11 +121,81 @@ def test_help():
     assert "--ebpf" not in proc.stdout
 
 
-def test_unknown_flag_is_a_usage_error():
-    proc = run("--no-such-flag")
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    assert proc.stderr.splitlines()[-1] == "errnomon: error: unrecognized arguments: --no-such-flag"
+@pytest.mark.parametrize("args, expected", [
+    (["--no-such-flag"], "unrecognized arguments: --no-such-flag: see 'errnomon --help'"),
+    (["--log.level=loud"], "argument --log.level: invalid choice: 'loud' (choose from 'debug', 'info', 'warn', "
+                           "'error'): see 'errnomon --help'"),
+    (["--config.file"], "argument --config.file: expected one argument: see 'errnomon --help'"),
+    (["--x\x1b[2J"], "unrecognized arguments: --x\\x1b[2J: see 'errnomon --help'"),
+    (["top", "--interval=soon"], "argument --interval: invalid float value: 'soon': see 'errnomon top --help'"),
+    (["top", "--bogus"], "unrecognized arguments: --bogus: see 'errnomon top --help'"),
+])
+def test_usage_errors_are_one_line(args, expected):
+    assert assert_fails(run(*args)) == expected
+
+
+@pytest.mark.parametrize("path, bad", [("/metrics?x=1", "?"), ("/metrics#top", "#"), ("/met rics", " "),
+                                       ("/m%41", "%"), ("/m\x07", "\x07")])
+def test_telemetry_path_with_query_or_fragment(path, bad):
+    message = assert_fails(run("--config.file=" + EXAMPLE, "--web.telemetry-path=" + path))
+    assert message == ("--web.telemetry-path %r contains %r: the path cannot hold ?, #, %%, spaces or control "
+                       "characters (a query or fragment is never part of the path): use e.g. /metrics"
+                       % (path, bad)).replace("\x07", "\\x07")
+
+
+def test_bpf_dir_pointing_nowhere(tmp_path):
+    env = dict(os.environ, ERRNOMON_BPF_DIR=str(tmp_path / "nowhere"))
+    message = assert_fails(run("--config.file=" + EXAMPLE, "--web.listen-address=127.0.0.1:%d" % free_port(),
+                               env=env))
+    assert message == ("ERRNOMON_BPF_DIR=%s has no errnomon.h: point it at errnomon's bpf/ directory "
+                       "(scripts/install.sh copies it) or unset it" % (tmp_path / "nowhere"))
+    # --config.check needs no BPF sources
+    proc = run("--config.check", "--config.file=" + EXAMPLE, env=env)
+    assert (proc.returncode, proc.stderr) == (0, "")
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("http://[::1", "--url 'http://[::1' is not a URL (Invalid IPv6 URL): use e.g. http://127.0.0.1:9779/metrics"),
+    ("http://[::1]:99999/metrics", "--url 'http://[::1]:99999/metrics' is not a URL (Port out of range "
+                                   "0-65535): use e.g. http://127.0.0.1:9779/metrics"),
+    ("localhost:abc", "--url 'http://localhost:abc/metrics' is not a URL (Port could not be cast to integer "
+                      "value as 'abc'): use e.g. http://127.0.0.1:9779/metrics"),
+    ("ftp://x/metrics", "--url 'ftp://x/metrics' is not an http:// or https:// URL with a host: use e.g. "
+                        "http://127.0.0.1:9779/metrics"),
+    ("http://", "--url 'http:///metrics' is not an http:// or https:// URL with a host: use e.g. "
+                "http://127.0.0.1:9779/metrics"),
+    ("http://a\x01b/", "--url 'http://a\\x01b/metrics' holds spaces or control characters: use e.g. "
+                       "http://127.0.0.1:9779/metrics"),
+])
+def test_top_bad_url(url, expected):
+    assert assert_fails(run("top", "--once", "--interval=0.1", "--url", url)) == expected
+
+
+# ---------------------------------------------------------------------------
+# hostile config files at start-up: one line, exit 2, before anything is loaded (no root needed)
+
+from tests.unit.test_config import HOSTILE  # noqa: E402  (the same inputs the reload test sends)
+
+
+@pytest.mark.parametrize("text, expected", HOSTILE, ids=range(len(HOSTILE)))
+def test_hostile_config_at_start_up(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    message = assert_fails(run("--config.file=" + path, "--web.listen-address=127.0.0.1:%d" % free_port()))
+    assert message == expected.replace("config.yaml: ", path + ": ", 1)
+
+
+def test_fifo_dev_zero_and_oversize_at_start_up(tmp_path):
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"#" * (2 << 20))
+    for path, what in ((fifo, "it is a FIFO, not a regular file: point --config.file at a YAML file"),
+                       ("/dev/zero", "it is a character device, not a regular file: point --config.file at "
+                                     "a YAML file"),
+                       (big, "%d bytes is over the 1024 KiB limit: a config needs a few KiB; check --config.file"
+                             % (2 << 20))):
+        message = assert_fails(run("--config.file=%s" % path, "--web.listen-address=127.0.0.1:%d" % free_port()))
+        assert message == "%s: cannot read config file: %s" % (path, what)
 
 
 # ---------------------------------------------------------------------------
