@@ -60,10 +60,10 @@ def serving(address, path, registry):
         httpd.server_close()
 
 
-def get(url):
+def get(url, timeout=10):
     """(status, content type, body) of a GET, errors included."""
     try:
-        with urllib.request.urlopen(url, timeout=10) as r:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
             return r.status, r.headers["Content-Type"], r.read().decode()
     except urllib.error.HTTPError as e:
         with e:
@@ -117,3 +117,136 @@ def test_port_in_use(registry):
 def test_bad_address_raises_listen_error(registry):
     with pytest.raises(web.ListenError, match="is not host:port"):
         web.serve("127.0.0.1:0", "/metrics", registry)
+
+
+# ---------------------------------------------------------------------------
+# idle, slow and many clients; query strings
+
+
+def test_telemetry_path_check():
+    assert web.check_telemetry_path("/metrics") is None
+    assert web.check_telemetry_path("/a/b-c_d.e") is None
+    for path in ("/metrics?x", "/m#f", "/m x", "/m%20", "/m\x00"):
+        assert web.check_telemetry_path(path).startswith("--web.telemetry-path %r contains " % path)
+
+
+def test_raise_file_limit():
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+        assert web.raise_file_limit() == hard
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert web.max_connections(1024) == 1024 - web.RESERVED_FDS
+    assert web.max_connections(1 << 20) == web.MAX_CONNECTIONS
+
+
+def test_backlog_and_connection_limit(registry):
+    port = free_port()
+    with serving("127.0.0.1:%d" % port, "/metrics", registry) as httpd:
+        assert httpd.waitress.adj.backlog == web.BACKLOG == 1024
+        assert httpd.waitress.adj.channel_timeout == web.IDLE_TIMEOUT
+        assert httpd.waitress.adj.threads == web.THREADS
+        assert httpd.waitress.adj.connection_limit == httpd.connections
+
+
+def test_metrics_answer_while_1000_idle_connections_are_open(registry):
+    import resource
+    import time
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert hard >= 1200, "the hard open-file limit (%d) is too low for this test: raise it" % hard
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    port = free_port()
+    idle = []
+    try:
+        with serving("127.0.0.1:%d" % port, "/metrics", registry):
+            for _ in range(1000):
+                idle.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+            t0 = time.monotonic()
+            status, _, body = get("http://127.0.0.1:%d/metrics" % port)
+            elapsed = time.monotonic() - t0
+            assert status == 200 and 'errnomon_test_total{kind="unit"} 2.0' in body
+            # every idle connection is still open (none was dropped to make room), and still served
+            probe = idle[500]
+            probe.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            answer = b""
+            while True:
+                chunk = probe.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.0 200 OK")
+            print("scrape with 1000 idle connections open: %.3f s" % elapsed)
+            assert elapsed < 10  # the issue's bound is 1 s; generous here: other tests load this machine
+    finally:
+        for s in idle:
+            s.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_200_concurrent_scrapers_all_answered(registry):
+    import threading
+    port = free_port()
+    results = []
+    with serving("127.0.0.1:%d" % port, "/metrics", registry):
+        def scrape():
+            try:
+                results.append(get("http://127.0.0.1:%d/metrics" % port, timeout=60)[0])
+            except OSError as e:
+                results.append(repr(e))
+        threads = [threading.Thread(target=scrape) for _ in range(200)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert results == [200] * 200
+
+
+def test_idle_and_half_sent_requests_are_closed(registry, monkeypatch):
+    import time
+    monkeypatch.setattr(web, "IDLE_TIMEOUT", 1)
+    port = free_port()
+    with serving("127.0.0.1:%d" % port, "/metrics", registry):
+        idle = socket.create_connection(("127.0.0.1", port), timeout=15)
+        slow = socket.create_connection(("127.0.0.1", port), timeout=15)
+        slow.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never finished
+        t0 = time.monotonic()
+        assert idle.recv(100) == b"" and slow.recv(100) == b""  # closed by the server
+        assert time.monotonic() - t0 < 12
+        idle.close()
+        slow.close()
+        assert get("http://127.0.0.1:%d/metrics" % port)[0] == 200
+
+
+def test_name_filter(registry):
+    from prometheus_client import Gauge
+    Gauge("errnomon_other", "Another.", registry=registry).set(3)
+    port = free_port()
+    base = "http://127.0.0.1:%d/metrics" % port
+    with serving("127.0.0.1:%d" % port, "/metrics", registry):
+        status, _, body = get(base + "?name[]=errnomon_other")
+        assert status == 200 and "errnomon_other 3.0" in body and "errnomon_test_total" not in body
+        status, ctype, body = get(base + "?name[]=garbage")
+        assert (status, ctype, body) == (
+            400, "text/plain; charset=utf-8",
+            "unknown metric name in name[]: 'garbage': ask for metrics errnomon exports, e.g. "
+            "name[]=errnomon_socket_errors_total, or leave name[] out\n")
+        status, _, body = get(base + "?name[]=%1b%5b2J")
+        assert status == 400 and "'\\x1b[2J'" in body
+        status, _, body = get(base + "?unrelated=1")
+        assert status == 200 and "errnomon_other 3.0" in body and "errnomon_test_total" in body
+
+
+def test_gzip_and_openmetrics_still_negotiated(registry):
+    import gzip
+    port = free_port()
+    with serving("127.0.0.1:%d" % port, "/metrics", registry):
+        req = urllib.request.Request("http://127.0.0.1:%d/metrics" % port, headers={
+            "Accept-Encoding": "gzip", "Accept": "application/openmetrics-text; version=1.0.0"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.headers["Content-Encoding"] == "gzip"
+            assert r.headers["Content-Type"].startswith("application/openmetrics-text")
+            body = gzip.decompress(r.read()).decode()
+    assert body.endswith("# EOF\n") and 'errnomon_test_total{kind="unit"} 2.0' in body
