@@ -42,3 +42,32 @@ class UnitResolver:
                 self._scan()
                 path = self.ids.get(cgroup_id)
         return unit_name(path) if path else ""
+
+
+def cgroup2_mount(mountinfo="/proc/self/mountinfo"):
+    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts)."""
+    try:
+        with open(mountinfo) as f:
+            for line in f:
+                fields = line.split()
+                sep = fields.index("-")
+                if fields[sep + 1] == "cgroup2":
+                    return fields[4]
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def cgroup_id_of_pid(pid, mount=None, proc="/proc"):
+    """A process's cgroup v2 id (what bpf_get_current_cgroup_id() returns for it), or 0."""
+    mount = mount or cgroup2_mount()
+    if not mount:
+        return 0
+    try:
+        with open("%s/%d/cgroup" % (proc, pid)) as f:
+            for line in f:
+                if line.startswith("0::"):
+                    return os.stat(mount + line[3:].rstrip("\n")).st_ino
+    except OSError:
+        pass
+    return 0

@@ -13,6 +13,8 @@ HELP = {
     "tcp_resets_sent": "TCP resets sent, by the kernel's reset reason; comm is empty when no process owns the socket.",
     "tcp_fins_sent": "Orderly TCP closes (FINs sent): the denominator of reset ratios.",
     "sigpipe": "SIGPIPE raised by socket writes, by what it did to the process (killed, handled, ignored).",
+    "listen_drops": "Connection attempts a listening socket dropped because its accept or SYN queue was full "
+                    "(its own ListenDrops), by the listening process and port.",
 }
 
 
