@@ -173,7 +173,7 @@ def test_issue_alerts_exist():
     assert set(exprs) == {
         "ErrnomonSigpipeKilled", "ErrnomonProcessResetRatioHigh", "ErrnomonPeerResetRatioHigh",
         "ErrnomonPeerTimeouts", "ErrnomonConnectionsRefused", "ErrnomonDown", "ErrnomonProbeNotAttached",
-        "ErrnomonCountsDropped", "ErrnomonSeriesOverflow",
+        "ErrnomonCountsDropped", "ErrnomonSeriesOverflow", "ErrnomonListenQueueOverflow",
     }
     assert 'action="killed"' in exprs["ErrnomonSigpipeKilled"]
     assert 'up{job="errnomon"} == 0' in exprs["ErrnomonDown"]
