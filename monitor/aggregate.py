@@ -11,6 +11,7 @@ METRIC_LABELS = {
     "tcp_resets_received": ("comm", "remote", "port", "state"),
     "tcp_resets_sent": ("comm", "remote", "port", "reason"),
     "tcp_fins_sent": ("comm", "remote", "port"),
+    "tcp_fins_received": ("comm", "remote", "port"),
     "sigpipe": ("comm", "action"),
     "listen_drops": ("comm", "port"),
 }

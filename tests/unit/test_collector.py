@@ -23,7 +23,7 @@ ATTACHED = {"tcp:tcp_send_reset": True, "sock:sock_send_length": False, "signal:
 DROPS = {"socket_errors": 3, "socket_error_reports": 0, "tcp_resets_received": 0, "tcp_resets_sent": 0,
          "tcp_fins_sent": 0, "sigpipe": 1}
 ERRNOMON_METRICS = ("socket_errors", "socket_error_reports", "tcp_resets_received", "tcp_resets_sent",
-                    "tcp_fins_sent", "sigpipe", "listen_drops")
+                    "tcp_fins_sent", "sigpipe", "listen_drops", "tcp_fins_received")
 
 
 def ev(metric, comm="curl", remote="10.1.2.3", port=443, errno=None, op=None, state=None, reason=None,
