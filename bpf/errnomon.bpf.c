@@ -27,6 +27,7 @@ enum errnomon_rst_reason { ERRNOMON_RST_REASON_UNUSED };
 #define TCP_SYN_RECV 3
 #define TCP_FIN_WAIT1 4
 #define TCP_CLOSE 7
+#define TCP_CLOSING 11
 #define TCP_CLOSE_WAIT 8
 #define TCP_LAST_ACK 9
 #define TCP_LISTEN 10
@@ -372,7 +373,7 @@ static __always_inline void listener_remove(u16 port)
 TRACEPOINT_PROBE(sock, inet_sock_set_state)
 {
     u64 sk = (u64)args->skaddr;
-    int old = args->oldstate, new = args->newstate;
+    int old = args->oldstate, new = args->newstate, metric = -1;
     struct errnomon_owner o = {};
     struct errnomon_owner *known;
 
@@ -413,6 +414,13 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     if ((old == TCP_ESTABLISHED && new == TCP_FIN_WAIT1) || (old == TCP_CLOSE_WAIT && new == TCP_LAST_ACK) ||
         (old == TCP_SYN_RECV && new == TCP_FIN_WAIT1)) {
         /* tcp_send_fin() follows exactly these transitions */
+        metric = METRIC_TCP_FINS_SENT;
+    } else if ((old == TCP_ESTABLISHED && new == TCP_CLOSE_WAIT) || (old == TCP_FIN_WAIT1 && new == TCP_CLOSING)) {
+        /* tcp_fin(): the peer's FIN while our side was open, or crossing ours. (One answering our FIN arrives in
+         * FIN_WAIT2, on a time-wait socket once the program has closed: not a transition we can tell.) */
+        metric = METRIC_TCP_FINS_RECEIVED;
+    }
+    if (metric >= 0) {
         struct errnomon_key key = {};
         known = owners.lookup(&sk);
         if (known) {
@@ -422,7 +430,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
             copy_remote(key.remote, args->family, args->daddr, args->daddr_v6);
             key.port = guess_service_port(args->sport, args->dport);
         }
-        count(&key, METRIC_TCP_FINS_SENT);
+        count(&key, metric);
         return 0;
     }
     if (new == TCP_CLOSE) {

@@ -70,6 +70,7 @@ struct errnomon_settings {
 #define METRIC_TCP_RESETS_SENT 3
 #define METRIC_TCP_FINS_SENT 4
 #define METRIC_SIGPIPE 5
-#define METRICS 6
+#define METRIC_TCP_FINS_RECEIVED 6
+#define METRICS 7
 
 #endif

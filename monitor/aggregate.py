@@ -11,7 +11,9 @@ METRIC_LABELS = {
     "tcp_resets_received": ("comm", "remote", "port", "state"),
     "tcp_resets_sent": ("comm", "remote", "port", "reason"),
     "tcp_fins_sent": ("comm", "remote", "port"),
+    "tcp_fins_received": ("comm", "remote", "port"),
     "sigpipe": ("comm", "action"),
+    "listen_drops": ("comm", "port"),
 }
 OTHER = "other"
 # Labels whose values are not from a small fixed set: folded to "other" when even the overflow is full.

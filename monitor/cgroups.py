@@ -127,3 +127,18 @@ class UnitResolver:
                 self.pids.clear()
             self.pids[pid] = (unit, now)
             return unit
+
+
+def cgroup_id_of_pid(pid, mount=None, proc=PROC):
+    """A process's cgroup v2 id (what bpf_get_current_cgroup_id() returns for its tasks), or 0."""
+    mount = mount or cgroup2_mount()
+    if not mount:
+        return 0
+    try:
+        with open("%s/%d/cgroup" % (proc, pid)) as f:
+            for line in f:
+                if line.startswith("0::"):
+                    return os.stat(mount + line[3:].rstrip("\n")).st_ino
+    except OSError:
+        pass
+    return 0

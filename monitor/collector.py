@@ -11,8 +11,11 @@ HELP = {
     "socket_error_reports": "Errors the kernel recorded on a socket (inet_sk_error_report), attributed to its owner.",
     "tcp_resets_received": "TCP resets received, by the TCP state the connection was in when the RST arrived.",
     "tcp_resets_sent": "TCP resets sent, by the kernel's reset reason; comm is empty when no process owns the socket.",
-    "tcp_fins_sent": "Orderly TCP closes (FINs sent): the denominator of reset ratios.",
+    "tcp_fins_sent": "Orderly TCP closes by this host (FINs sent, first or in answer to the peer's).",
+    "tcp_fins_received": "Orderly TCP closes by the peer: FINs received while our side was open or closing at once.",
     "sigpipe": "SIGPIPE raised by socket writes, by what it did to the process (killed, handled, ignored).",
+    "listen_drops": "Connection attempts a listening socket dropped because its accept or SYN queue was full "
+                    "(its own ListenDrops), by the listening process and port.",
 }
 
 

@@ -11,12 +11,14 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from . import abi, config as config_mod, decode, loader, sdnotify, web
 from .aggregate import Aggregator
-from .cgroups import UnitResolver
+from .cgroups import UnitResolver, cgroup_id_of_pid
 from .collector import ErrnoCollector
 from .drain import Drain
+from .listen_queue import ListenQueues
 
 log = logging.getLogger("errnomon")
 EXPIRE_EVERY = 60.0
+LISTEN_POLL_EVERY = 5.0  # listener drop counters are cumulative: polling delays a count, never loses one
 
 
 def count_flags(config):
@@ -149,6 +151,8 @@ class Daemon:
         self.decoder = decode.Decoder(decode.reset_reasons(self.programs.formats.get("tcp:tcp_send_reset")))
         self.aggregator = Aggregator(self.config, unit_of=UnitResolver())
         self.drain = Drain(self.programs, count_flags(self.config))
+        self.listen_queues = ListenQueues(cgroup_of=cgroup_id_of_pid)
+        self.poll_listeners()  # the baseline: drops from before start-up are not ours
         self.registry.register(ErrnoCollector(self.aggregator, self._status))
         ProcessCollector(registry=self.registry)
         web.start(self.httpd)
@@ -162,6 +166,15 @@ class Daemon:
         events = self.drain()
         if events:
             self.aggregator.add((self.decoder(key), n) for key, n in events)
+
+    def poll_listeners(self):
+        try:
+            events = self.listen_queues.poll()
+        except Exception as e:  # noqa: BLE001 - a netlink failure must not stop the counting loop
+            log.warning("listen queues not read: %s", e)
+            return
+        if events:
+            self.aggregator.add(events)
 
     def apply(self, new, error):
         """Apply a finished reload; a failed one keeps the running config and every count."""
@@ -181,6 +194,7 @@ class Daemon:
         watchdog = sdnotify.watchdog_interval()
         now = time.monotonic()
         next_drain, next_ping, next_expire = now + self.config.drain_interval, now, now + EXPIRE_EVERY
+        next_listen = now + LISTEN_POLL_EVERY
         try:
             while signals.stop is None:
                 if signals.take_hup():
@@ -195,6 +209,9 @@ class Daemon:
                 if now >= next_drain:
                     self.drain_once()
                     next_drain = now + self.config.drain_interval
+                if now >= next_listen:
+                    self.poll_listeners()
+                    next_listen = now + LISTEN_POLL_EVERY
                 if now >= next_expire:
                     self.aggregator.expire()
                     next_expire = now + EXPIRE_EVERY

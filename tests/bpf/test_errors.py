@@ -64,6 +64,8 @@ def test_epipe_after_orderly_close(daemon):
     expect(daemon, cli, "errnomon_tcp_resets_received_total", (dict(peer, state="CLOSE_WAIT"), 1))
     expect(daemon, srv, "errnomon_tcp_fins_sent_total", (peer, 1))
     expect(daemon, cli, "errnomon_tcp_fins_sent_total")
+    expect(daemon, cli, "errnomon_tcp_fins_received_total", (peer, 1))  # the server closed first
+    expect(daemon, srv, "errnomon_tcp_fins_received_total")
 
 
 @pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
@@ -101,11 +103,15 @@ def test_sigpipe(daemon, action):
     expect(daemon, cli, "errnomon_sigpipe_total", (dict(action=action), 1))
 
 
-def test_fins_sent(daemon):
+def test_fins_sent_and_received(daemon):
     r = scenarios.fin_close("fc")
     cli, srv, peer = r["comms"]["cli"], r["comms"]["srv"], dict(remote=r["remote"], port=str(r["port"]))
     expect(daemon, cli, "errnomon_tcp_fins_sent_total", (peer, 1))   # ESTABLISHED -> FIN_WAIT1
     expect(daemon, srv, "errnomon_tcp_fins_sent_total", (peer, 1))   # CLOSE_WAIT -> LAST_ACK
+    # the client closed first: the server received its FIN while open; the server's answer reached the
+    # client's FIN_WAIT2 socket, which is no peer-ended connection
+    expect(daemon, srv, "errnomon_tcp_fins_received_total", (peer, 1))   # ESTABLISHED -> CLOSE_WAIT
+    expect(daemon, cli, "errnomon_tcp_fins_received_total")
 
 
 def test_healthy_traffic_makes_no_error_series(daemon):
@@ -114,6 +120,8 @@ def test_healthy_traffic_makes_no_error_series(daemon):
     cli, srv, peer = r["comms"]["cli"], r["comms"]["srv"], dict(remote=r["remote"], port=str(r["port"]))
     expect(daemon, cli, "errnomon_tcp_fins_sent_total", (peer, 20))
     expect(daemon, srv, "errnomon_tcp_fins_sent_total", (peer, 20))
+    expect(daemon, srv, "errnomon_tcp_fins_received_total", (peer, 20))  # the client closes first
+    expect(daemon, cli, "errnomon_tcp_fins_received_total")
     for comm in (cli, srv):
         for metric in ERROR_METRICS:
             assert daemon.samples(metric, comm=comm) == {}, (metric, comm)

@@ -97,7 +97,7 @@ def test_known_sizes():
         ("SIGPIPE_IGNORED", 1), ("SIGPIPE_HANDLED", 2), ("SIGPIPE_KILLED", 3),
         ("COUNT_EAGAIN", 1), ("COUNT_EINTR", 2), ("COUNT_EINPROGRESS", 4),
         ("METRIC_SOCKET_ERRORS", 0), ("METRIC_SOCKET_ERROR_REPORTS", 1), ("METRIC_TCP_RESETS_RECEIVED", 2),
-        ("METRIC_TCP_RESETS_SENT", 3), ("METRIC_TCP_FINS_SENT", 4), ("METRIC_SIGPIPE", 5), ("METRICS", 6),
+        ("METRIC_TCP_RESETS_SENT", 3), ("METRIC_TCP_FINS_SENT", 4), ("METRIC_SIGPIPE", 5), ("METRIC_TCP_FINS_RECEIVED", 6), ("METRICS", 7),
     ],
 )
 def test_defines(name, value):
@@ -120,5 +120,5 @@ def test_derived_tables():
     assert abi.SIGPIPE_ACTIONS == {1: "ignored", 2: "handled", 3: "killed"}
     assert abi.COUNT_FLAGS == {"EAGAIN": 1, "EINTR": 2, "EINPROGRESS": 4}
     assert abi.METRICS == ("socket_errors", "socket_error_reports", "tcp_resets_received", "tcp_resets_sent",
-                           "tcp_fins_sent", "sigpipe")
+                           "tcp_fins_sent", "sigpipe", "tcp_fins_received")
     assert abi.COMM_LEN == 16

@@ -63,7 +63,9 @@ def test_default_metric_labels():
         "tcp_resets_received": ("comm", "remote", "port", "state"),
         "tcp_resets_sent": ("comm", "remote", "port", "reason"),
         "tcp_fins_sent": ("comm", "remote", "port"),
+        "tcp_fins_received": ("comm", "remote", "port"),
         "sigpipe": ("comm", "action"),
+        "listen_drops": ("comm", "port"),
     }
 
 

@@ -23,7 +23,7 @@ ATTACHED = {"tcp:tcp_send_reset": True, "sock:sock_send_length": False, "signal:
 DROPS = {"socket_errors": 3, "socket_error_reports": 0, "tcp_resets_received": 0, "tcp_resets_sent": 0,
          "tcp_fins_sent": 0, "sigpipe": 1}
 ERRNOMON_METRICS = ("socket_errors", "socket_error_reports", "tcp_resets_received", "tcp_resets_sent",
-                    "tcp_fins_sent", "sigpipe")
+                    "tcp_fins_sent", "sigpipe", "listen_drops", "tcp_fins_received")
 
 
 def ev(metric, comm="curl", remote="10.1.2.3", port=443, errno=None, op=None, state=None, reason=None,
@@ -134,7 +134,7 @@ def test_empty_aggregator_and_status():
         "errnomon_probe_attached", "errnomon_dropped", "errnomon_series_overflow", "errnomon_series",
         "errnomon_build_info"])
     assert families["errnomon_socket_errors"].samples == []
-    assert [s.value for s in families["errnomon_series"].samples] == [0] * 6
+    assert [s.value for s in families["errnomon_series"].samples] == [0] * len(ERRNOMON_METRICS)
 
 
 def exposition(registry):
@@ -156,7 +156,7 @@ def test_exposition_parses_back(setup):
         ("comm", ""), ("port", "80"), ("reason", "NO_SOCKET"), ("remote", "192.0.2.1")))] == 7
     assert samples[("errnomon_probe_attached", (("probe", "signal:signal_generate"),))] == 1
     assert sum(v for (name, _), v in samples.items() if name == "errnomon_socket_errors_total") == 7
-    assert len(samples) == len(EVENTS) + len(ATTACHED) + len(DROPS) + 6 + 6 + 1
+    assert len(samples) == len(EVENTS) + len(ATTACHED) + len(DROPS) + 2 * len(ERRNOMON_METRICS) + 1
 
 
 def promtool():

@@ -147,8 +147,10 @@ def test_issue_recording_rules_exist():
     for required in (
         "instance_comm_errno_op:errnomon_socket_errors:rate5m",       # per process
         "instance_remote_port_errno:errnomon_socket_errors:rate5m",   # per peer
-        "instance_comm:errnomon_tcp_resets_received_per_connection_ends:ratio_rate5m",
-        "instance_remote_port:errnomon_tcp_resets_received_per_connection_ends:ratio_rate5m",
+        "instance_comm:errnomon_tcp_peer_resets_per_peer_closes:ratio_rate5m",          # issue 10: who ends
+        "instance_remote_port:errnomon_tcp_peer_resets_per_peer_closes:ratio_rate5m",
+        "instance_comm:errnomon_tcp_local_resets_per_local_closes:ratio_rate5m",
+        "instance_remote_port:errnomon_tcp_local_resets_per_local_closes:ratio_rate5m",
     ):
         assert required in names
 
@@ -173,14 +175,14 @@ def test_issue_alerts_exist():
     assert set(exprs) == {
         "ErrnomonSigpipeKilled", "ErrnomonProcessResetRatioHigh", "ErrnomonPeerResetRatioHigh",
         "ErrnomonPeerTimeouts", "ErrnomonConnectionsRefused", "ErrnomonDown", "ErrnomonProbeNotAttached",
-        "ErrnomonCountsDropped", "ErrnomonSeriesOverflow",
+        "ErrnomonCountsDropped", "ErrnomonSeriesOverflow", "ErrnomonListenQueueOverflow",
     }
     assert 'action="killed"' in exprs["ErrnomonSigpipeKilled"]
     assert 'up{job="errnomon"} == 0' in exprs["ErrnomonDown"]
     assert 'errno="ETIMEDOUT"' in exprs["ErrnomonPeerTimeouts"]
     assert 'errno="ECONNREFUSED"' in exprs["ErrnomonConnectionsRefused"]
     for name in ("ErrnomonProcessResetRatioHigh", "ErrnomonPeerResetRatioHigh"):  # minimum-traffic guard
-        assert "connection_ends:rate5m" in exprs[name], name
+        assert "peer_closes:rate5m" in exprs[name], name
 
 
 def test_every_alert_is_unit_tested():

@@ -1,0 +1,366 @@
+"""Socket errors that need a network: unreachable hosts, a peer that forgets its connections, a full listen queue.
+
+Built on tests/bpf/scenarios.py (forked actors with distinctive comms that report every call's outcome).
+Every host lives in a network namespace the scenario creates and always deletes:
+
+    <tag>c (client) 198.18.1.2 --- 198.18.1.1 <tag>r (router) 198.18.2.1 --- 198.18.2.2 <tag>s (server)
+
+198.18.0.0/15 is the benchmarking range: nothing outside these namespaces is ever addressed. The router
+forwards; nftables in the router's namespace answers with ICMP unreachable, or drops. 198.18.9.0/24 has no
+route at the router (ICMP net unreachable).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+import subprocess
+import time
+
+from . import scenarios
+from .scenarios import (CALL_TIMEOUT, FAILED, SCENARIO_TIMEOUT, TCP_USER_TIMEOUT, _abort, _bound, _Event,
+                        _finish, _linger0, _Proc, _Reporter, _result, _run, _spawn, _wait_event, _wait_info)
+
+CLIENT, ROUTER_C, ROUTER_S, SERVER = "198.18.1.2", "198.18.1.1", "198.18.2.1", "198.18.2.2"
+NO_ROUTE = "198.18.9.9"  # the router has no route to 198.18.9.0/24
+SERVICE_PORT = 8080
+_seq = 0
+
+
+def _names(tag: str) -> tuple[str, str, str]:
+    global _seq
+    _seq += 1
+    base = "%s%s%d-%d" % (scenarios.RUN_TAG, tag, os.getpid() % 100000, _seq)
+    return base + "c", base + "r", base + "s"
+
+
+def _nft(netns: str, ruleset: str) -> None:
+    _run(["ip", "netns", "exec", netns, "nft", "-f", "-"], stdin=ruleset)
+
+
+class Network:
+    """Client, router and server namespaces joined by veth pairs; deleted on exit, whatever happened."""
+
+    def __init__(self, tag: str):
+        self.cli, self.rtr, self.srv = _names(tag)
+        self.created: list[str] = []
+
+    def __enter__(self) -> "Network":
+        try:
+            for ns in (self.cli, self.rtr, self.srv):
+                _run(["ip", "netns", "add", ns])
+                self.created.append(ns)
+                _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+            # veth names are per namespace: the same short names serve every scenario
+            _run(["ip", "-n", self.cli, "link", "add", "eth0", "type", "veth", "peer", "name", "rc",
+                  "netns", self.rtr])
+            _run(["ip", "-n", self.srv, "link", "add", "eth0", "type", "veth", "peer", "name", "rs",
+                  "netns", self.rtr])
+            for ns, dev, addr in ((self.cli, "eth0", CLIENT), (self.rtr, "rc", ROUTER_C),
+                                  (self.rtr, "rs", ROUTER_S), (self.srv, "eth0", SERVER)):
+                _run(["ip", "-n", ns, "addr", "add", addr + "/24", "dev", dev])
+                _run(["ip", "-n", ns, "link", "set", dev, "up"])
+            _run(["ip", "-n", self.cli, "route", "add", "default", "via", ROUTER_C])
+            _run(["ip", "-n", self.srv, "route", "add", "default", "via", ROUTER_S])
+            # forwarding is per namespace: the host's own setting is untouched
+            _run(["ip", "netns", "exec", self.rtr, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def reject(self, icmp_type: str, port: int) -> None:
+        """The router answers every forwarded segment to the server's port with ICMP `icmp_type`."""
+        _nft(self.rtr, "table inet errnomon_r {\n chain forw {\n  type filter hook forward priority 0;\n"
+                       "  ip daddr %s tcp dport %d reject with icmp type %s\n }\n}\n" % (SERVER, port, icmp_type))
+
+    def __exit__(self, *exc) -> None:
+        for ns in reversed(self.created):
+            subprocess.run(["ip", "netns", "del", ns], timeout=10,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.created = []
+
+
+# --------------------------------------------------------------------------
+# actors
+
+
+def _srv_listen(rep: _Reporter, family: int, release: _Event) -> None:
+    ls = socket.socket(family, socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("0.0.0.0", SERVICE_PORT))
+    ls.listen(16)
+    rep.set("port", SERVICE_PORT)
+    conns = []
+    while not release.wait(0.05):
+        if select.select([ls], [], [], 0)[0]:
+            conns.append(ls.accept()[0])
+    for c in conns:
+        _linger0(c)
+        c.close()
+    ls.close()
+
+
+def _connect(rep: _Reporter, addr: str, port: int, blocking: bool) -> socket.socket | None:
+    """One connect, blocking or as an event loop does it (EINPROGRESS, poll, SO_ERROR); records the outcome."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_SYNCNT, 1)  # a lost SYN gives up after ~3 s, not 2 minutes
+    if blocking:
+        _bound(s)
+        if rep.call("connect", s.connect, (addr, port)) is FAILED:
+            s.close()
+            return None
+        return s
+    s.setblocking(False)
+    err = s.connect_ex((addr, port))
+    if err not in (0, errno.EINPROGRESS):
+        rep.record("connect", errno.errorcode.get(err, "E%d" % err), True)
+        s.close()
+        return None
+    select.select([], [s], [], CALL_TIMEOUT)
+    err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        rep.record("so_error", errno.errorcode.get(err, "E%d" % err), True)
+        s.close()
+        return None
+    rep.record("so_error", "OK", False)
+    s.setblocking(True)
+    _bound(s)
+    return s
+
+
+def _cli_connect(rep: _Reporter, family: int, addr: str, port: int, blocking: bool, n: int) -> None:
+    for _ in range(n):
+        s = _connect(rep, addr, port, blocking)
+        if s is not None:
+            s.close()
+
+
+def _cli_path_breaks(rep: _Reporter, family: int, port: int, connected: _Event, go: _Event) -> None:
+    s = _connect(rep, SERVER, port, True)
+    if s is None:
+        return
+    s.setsockopt(socket.IPPROTO_TCP, TCP_USER_TIMEOUT, 1500)
+    connected.set()
+    _wait_event(go, "the path to break")
+    rep.call("send", s.send, b"x" * 64, socket.MSG_NOSIGNAL)  # queued: the error comes later
+    _bound(s, 8.0)
+    rep.call("recv", s.recv, 64, eof_is_errno=True)  # EHOSTUNREACH when TCP_USER_TIMEOUT expires
+    s.close()
+
+
+# --------------------------------------------------------------------------
+# scenarios
+
+
+def unreachable(comm_prefix: str, kind: str, blocking: bool, n: int = 1) -> dict:
+    """n connects from the client namespace that the network refuses.
+
+    kind "host": the router answers ICMP host-unreachable (EHOSTUNREACH); "net": the router has no route
+    and answers ICMP net-unreachable (ENETUNREACH); "local": the client itself has no route (ENETUNREACH
+    from connect(), no packet sent). Blocking connects record op "connect"; non-blocking ones record
+    "so_error" (what getsockopt(SO_ERROR) said after poll), as event loops see it.
+    """
+    started = time.monotonic()
+    release = _Event()
+    try:
+        with Network(comm_prefix) as net:
+            addr = SERVER
+            if kind == "host":
+                net.reject("host-unreachable", SERVICE_PORT)
+            elif kind == "net":
+                addr = NO_ROUTE
+            elif kind == "local":
+                addr = NO_ROUTE
+                _run(["ip", "-n", net.cli, "route", "del", "default"])
+            else:
+                raise ValueError(kind)
+            deadline = started + SCENARIO_TIMEOUT
+            procs: list[_Proc] = []
+            try:
+                srv = _spawn("srv", comm_prefix, _srv_listen, socket.AF_INET, release, netns=net.srv)
+                procs.append(srv)
+                _wait_info(srv, "port", deadline)
+                cli = _spawn("cli", comm_prefix, _cli_connect, socket.AF_INET, addr, SERVICE_PORT, blocking, n,
+                             netns=net.cli)
+                procs.append(cli)
+                _finish([cli], deadline)
+                release.set()
+                _finish(procs, deadline)
+            except BaseException:
+                _abort(procs)
+                raise
+    finally:
+        release.close()
+    return _result("unreachable", socket.AF_INET, SERVICE_PORT, addr, procs, started, kind=kind,
+                   blocking=blocking)
+
+
+def path_breaks(comm_prefix: str) -> dict:
+    """An established connection whose path breaks: the router starts answering ICMP host-unreachable.
+
+    For an established socket that ICMP is a soft error (RFC 1122): TCP keeps retransmitting until
+    TCP_USER_TIMEOUT (1.5 s) expires and then fails with EHOSTUNREACH instead of ETIMEDOUT.
+    Expected: errnos {"srv": [], "cli": ["EHOSTUNREACH"]}.
+    """
+    started = time.monotonic()
+    release, connected, go = _Event(), _Event(), _Event()
+    try:
+        with Network(comm_prefix) as net:
+            deadline = started + SCENARIO_TIMEOUT
+            procs: list[_Proc] = []
+            try:
+                srv = _spawn("srv", comm_prefix, _srv_listen, socket.AF_INET, release, netns=net.srv)
+                procs.append(srv)
+                _wait_info(srv, "port", deadline)
+                cli = _spawn("cli", comm_prefix, _cli_path_breaks, socket.AF_INET, SERVICE_PORT, connected, go,
+                             netns=net.cli)
+                procs.append(cli)
+                if connected.wait(CALL_TIMEOUT):
+                    net.reject("host-unreachable", SERVICE_PORT)
+                    go.set()
+                _finish([cli], deadline)
+                release.set()
+                _finish(procs, deadline)
+            except BaseException:
+                _abort(procs)
+                raise
+    finally:
+        for ev in (release, connected, go):
+            ev.close()
+    return _result("path_breaks", socket.AF_INET, SERVICE_PORT, SERVER, procs, started)
+
+
+def _srv_forget(rep: _Reporter, family: int, accepted: _Event, forget: _Event) -> None:
+    ls = socket.socket(family, socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((SERVER, SERVICE_PORT))
+    ls.listen(4)
+    rep.set("port", SERVICE_PORT)
+    res = rep.call("accept", ls.accept)
+    if res is FAILED:
+        return
+    conn, _ = res
+    accepted.set()
+    _wait_event(forget, "the drop rule")
+    _linger0(conn)  # the RST it sends is dropped: the connection vanishes from this host only
+    conn.close()
+    ls.close()
+
+
+def _cli_after_reboot(rep: _Reporter, family: int, port: int, rebooted: _Event) -> None:
+    s = _connect(rep, SERVER, port, True)
+    if s is None:
+        return
+    rep.set("local_port", s.getsockname()[1])
+    _wait_event(rebooted, "the server to forget", SCENARIO_TIMEOUT)
+    rep.call("send", s.send, b"x" * 16, socket.MSG_NOSIGNAL)  # queued; the answer is an RST for no socket
+    rep.call("recv", s.recv, 64, eof_is_errno=True)  # ECONNRESET
+    s.close()
+
+
+def peer_reboot(comm_prefix: str) -> dict:
+    """The server host forgets an established connection silently, as a crash and reboot would.
+
+    The server's namespace drops its own outgoing TCP, the server aborts the connection and closes its
+    listener (its RST never leaves), the drop is lifted, then the client writes: the server host answers
+    with an RST for no socket (reason NO_SOCKET) and the client's next recv fails with ECONNRESET.
+    Expected: errnos {"srv": [], "cli": ["ECONNRESET"]}.
+    """
+    started = time.monotonic()
+    accepted, forget, rebooted = _Event(), _Event(), _Event()
+    try:
+        with Network(comm_prefix) as net:
+            deadline = started + SCENARIO_TIMEOUT
+            procs: list[_Proc] = []
+            try:
+                srv = _spawn("srv", comm_prefix, _srv_forget, socket.AF_INET, accepted, forget, netns=net.srv)
+                procs.append(srv)
+                _wait_info(srv, "port", deadline)
+                cli = _spawn("cli", comm_prefix, _cli_after_reboot, socket.AF_INET, SERVICE_PORT, rebooted,
+                             netns=net.cli)
+                procs.append(cli)
+                if accepted.wait(CALL_TIMEOUT):
+                    _nft(net.srv, "table inet errnomon_s {\n chain out {\n  type filter hook output priority 0;\n"
+                                  "  tcp sport %d drop\n }\n}\n" % SERVICE_PORT)
+                    forget.set()
+                    _finish([srv], deadline)
+                    _run(["ip", "netns", "exec", net.srv, "nft", "delete", "table", "inet", "errnomon_s"])
+                    rebooted.set()
+                _finish(procs, deadline)
+            except BaseException:
+                _abort(procs)
+                raise
+    finally:
+        for ev in (accepted, forget, rebooted):
+            ev.close()
+    return _result("peer_reboot", socket.AF_INET, SERVICE_PORT, SERVER, procs, started)
+
+
+def _netstat(netns: str) -> dict:
+    out = subprocess.run(["ip", "netns", "exec", netns, "cat", "/proc/net/netstat"], capture_output=True,
+                         text=True, check=True, timeout=10).stdout.splitlines()
+    counters = {}
+    for names, values in zip(out[0::2], out[1::2]):
+        counters.update(zip(names.split()[1:], map(int, values.split()[1:])))
+    return counters
+
+
+def _srv_never_accept(rep: _Reporter, family: int, release: _Event) -> None:
+    ls = socket.socket(family, socket.SOCK_STREAM)
+    ls.bind((SERVER, SERVICE_PORT))
+    ls.listen(1)  # accept queue of 2; never accepted
+    rep.set("port", SERVICE_PORT)
+    _wait_event(release, "release", SCENARIO_TIMEOUT)
+    ls.close()
+
+
+def _cli_flood(rep: _Reporter, family: int, port: int, n: int, hold: float) -> None:
+    socks = []
+    for _ in range(n):
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.setblocking(False)
+        s.connect_ex((SERVER, port))
+        socks.append(s)
+    time.sleep(hold)  # SYNs and their retransmissions reach the full queue meanwhile
+    for s in socks:
+        _linger0(s)
+        s.close()
+
+
+def listen_overflow(comm_prefix: str, n: int = 6, hold: float = 1.5, while_listening=None) -> dict:
+    """A listener with backlog 1 that never accepts, n non-blocking connects held for `hold` seconds.
+
+    Runs in the server namespace alone (client and server on its loopback), so that namespace's
+    ListenDrops/ListenOverflows counters are this scenario's only. Extra keys: listen_drops and
+    listen_overflows (the namespace's counters after the clients gave up; they start at 0).
+    while_listening(listen_drops, comm of the server) runs after the clients gave up, while the listener
+    still exists (a poller must see it before it closes).
+    """
+    started = time.monotonic()
+    release = _Event()
+    try:
+        with Network(comm_prefix) as net:
+            deadline = started + SCENARIO_TIMEOUT
+            procs: list[_Proc] = []
+            try:
+                srv = _spawn("srv", comm_prefix, _srv_never_accept, socket.AF_INET, release, netns=net.srv)
+                procs.append(srv)
+                _wait_info(srv, "port", deadline)
+                cli = _spawn("cli", comm_prefix, _cli_flood, socket.AF_INET, SERVICE_PORT, n, hold, netns=net.srv)
+                procs.append(cli)
+                _finish([cli], deadline)
+                counters = _netstat(net.srv)
+                if while_listening is not None:
+                    while_listening(counters["ListenDrops"], srv.info.get("comm"))
+                release.set()
+                _finish(procs, deadline)
+            except BaseException:
+                _abort(procs)
+                raise
+    finally:
+        release.close()
+    return _result("listen_overflow", socket.AF_INET, SERVICE_PORT, SERVER, procs, started,
+                   listen_drops=counters["ListenDrops"], listen_overflows=counters["ListenOverflows"])

@@ -1,0 +1,86 @@
+"""Errors that need a network: unreachable hosts and networks, a path that breaks, a peer that rebooted,
+a listen queue that overflows. Real namespaces, router and ICMP (tests/bpf/net_scenarios.py); the
+applications' own outcomes and the namespace's own counters are the expected values."""
+
+import pytest
+
+from . import net_scenarios
+from .net_scenarios import CLIENT, NO_ROUTE, SERVER, SERVICE_PORT
+from .test_errors import expect
+
+pytestmark = pytest.mark.bpf
+
+
+@pytest.mark.parametrize("kind, errno, remote", [("host", "EHOSTUNREACH", SERVER), ("net", "ENETUNREACH", NO_ROUTE)])
+@pytest.mark.parametrize("blocking", [True, False], ids=["blocking", "nonblocking"])
+def test_unreachable_connect(daemon, kind, errno, remote, blocking):
+    """ICMP unreachable from a router answers the SYN: the connect fails, blocking or not."""
+    n = 2
+    r = net_scenarios.unreachable("u%s%d" % (kind[0], blocking), kind, blocking, n)
+    op = "connect" if blocking else "so_error"
+    assert r["calls"]["cli"] == [[op, errno]] * n
+    cli, peer = r["comms"]["cli"], dict(remote=remote, port=str(SERVICE_PORT))
+    expect(daemon, cli, "errnomon_connect_failures_total", (dict(peer, errno=errno), n))
+    # the kernel's error report is the failed attempt's: not counted again as an established connection's
+    expect(daemon, cli, "errnomon_socket_error_reports_total")
+    # a blocking connect() returns the error itself (op=connect needs kernel.syscall_tracepoints, on here);
+    # a non-blocking one returned EINPROGRESS, which is not an error
+    expect(daemon, cli, "errnomon_socket_errors_total",
+           *([(dict(peer, errno=errno, op="connect"), n)] if blocking else []))
+
+
+def test_no_route_on_the_client(daemon):
+    """No route at all: connect() fails before any packet or socket state exists, so only the system call
+    sees it (op=connect, with kernel.syscall_tracepoints); nothing is a failed connection attempt."""
+    r = net_scenarios.unreachable("unl", "local", True, 2)
+    assert r["calls"]["cli"] == [["connect", "ENETUNREACH"]] * 2
+    cli, peer = r["comms"]["cli"], dict(remote=NO_ROUTE, port=str(SERVICE_PORT))
+    expect(daemon, cli, "errnomon_socket_errors_total", (dict(peer, errno="ENETUNREACH", op="connect"), 2))
+    expect(daemon, cli, "errnomon_connect_failures_total")
+
+
+def test_path_breaks_on_an_established_connection(daemon):
+    """ICMP host-unreachable on an established connection is a soft error: TCP retransmits until
+    TCP_USER_TIMEOUT, then the application's recv fails with EHOSTUNREACH instead of ETIMEDOUT."""
+    r = net_scenarios.path_breaks("upb")
+    assert r["errnos"]["cli"] == ["EHOSTUNREACH"]
+    cli, peer = r["comms"]["cli"], dict(remote=SERVER, port=str(SERVICE_PORT))
+    expect(daemon, cli, "errnomon_socket_errors_total", (dict(peer, errno="EHOSTUNREACH", op="recv"), 1))
+    expect(daemon, cli, "errnomon_socket_error_reports_total", (dict(peer, errno="EHOSTUNREACH"), 1))
+    expect(daemon, cli, "errnomon_connect_failures_total")
+    expect(daemon, cli, "errnomon_tcp_resets_received_total")
+
+
+def test_peer_reboot(daemon):
+    """The server host forgot the connection: our next segment draws an RST for no socket."""
+    r = net_scenarios.peer_reboot("prb")
+    assert r["errnos"]["cli"] == ["ECONNRESET"]
+    cli, srv = r["comms"]["cli"], r["comms"]["srv"]
+    peer = dict(remote=SERVER, port=str(SERVICE_PORT))
+    expect(daemon, cli, "errnomon_socket_errors_total", (dict(peer, errno="ECONNRESET", op="recv"), 1))
+    expect(daemon, cli, "errnomon_socket_error_reports_total", (dict(peer, errno="ECONNRESET"), 1))
+    expect(daemon, cli, "errnomon_tcp_resets_received_total", (dict(peer, state="ESTABLISHED"), 1))
+    # the server host: its aborting close (the RST it tried to send, dropped on the way out) ...
+    expect(daemon, srv, "errnomon_tcp_resets_sent_total",
+           (dict(remote=CLIENT, port=str(SERVICE_PORT), reason="TCP_STATE"), 1))
+    # ... and the RST for the connection it no longer knows: no socket, the service port is its own
+    daemon.wait_for("errnomon_tcp_resets_sent_total",
+                    [(dict(comm="", remote=CLIENT, port=str(SERVICE_PORT), reason="NO_SOCKET"), 1)],
+                    comm="", remote=CLIENT)
+
+
+def test_listen_queue_overflow(daemon):
+    """A listener with backlog 1 that never accepts: every SYN beyond its queue is dropped silently.
+    errnomon's count per listener equals the namespace's own ListenDrops (and ListenOverflows)."""
+    seen = {}
+
+    def check(kernel_drops, srv_comm):
+        seen["kernel"] = kernel_drops
+        # polled every 5 s: wait while the listener still exists
+        daemon.wait_for("errnomon_listen_drops_total", [(dict(comm=srv_comm, port=str(SERVICE_PORT)), kernel_drops)],
+                        timeout=15.0, comm=srv_comm)
+
+    r = net_scenarios.listen_overflow("ulo", n=6, hold=1.5, while_listening=check)
+    assert r["listen_drops"] == r["listen_overflows"] == seen["kernel"]
+    assert seen["kernel"] >= 4  # six connects, a queue of two: at least four SYNs dropped
+    expect(daemon, r["comms"]["cli"], "errnomon_listen_drops_total")

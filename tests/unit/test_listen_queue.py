@@ -1,0 +1,126 @@
+"""monitor/listen_queue.py: per-listener drop counters turned into listen_drops increments."""
+
+import struct
+
+import pytest
+
+from monitor import listen_queue
+from monitor.listen_queue import Listener, ListenQueues, Owner
+
+
+def meminfo(drops):
+    """INET_DIAG_SKMEMINFO as pyroute2 renders it: nine u32 in host order, colon-separated hex."""
+    raw = struct.pack("=9I", 0, 131072, 0, 16384, 0, 0, 0, 0, drops)
+    return ":".join("%02x" % b for b in raw)
+
+
+@pytest.mark.parametrize("attr, drops", [
+    (meminfo(0), 0), (meminfo(12), 12), (meminfo(70000), 70000),
+    (None, 0), ("", 0), ("00:01", 0),  # absent or truncated: nothing to report
+    (struct.pack("=9I", *range(9)), 8),  # raw bytes
+])
+def test_skmeminfo_drops(attr, drops):
+    assert listen_queue.skmeminfo_drops(attr) == drops
+
+
+class Host:
+    """Fake namespaces, listeners and processes."""
+
+    def __init__(self):
+        self.listeners = {}   # netns -> [Listener]
+        self.pids = {}        # netns -> [pid]
+        self.fds = {}         # pid -> {inode}
+        self.fail = set()     # netns whose dump raises
+
+    def queues(self):
+        q = ListenQueues(dump=None, spaces=lambda: dict(self.pids), inodes_of=lambda pid: self.fds.get(pid, set()),
+                         owner_of=lambda pid: Owner(pid=pid, comm="p%d" % pid, cgroup=pid * 10))
+        q.own_netns = -1  # every namespace goes through _dump_in's thread; replace the dump per namespace
+        q._dump_in = self._dump_in
+        return q
+
+    def _dump_in(self, netns, pids):
+        if netns in self.fail:
+            raise OSError(1, "setns: Operation not permitted")
+        return list(self.listeners.get(netns, []))
+
+
+def listener(cookie, drops, port=8080, inode=None):
+    return Listener(cookie=cookie, inode=inode or cookie + 1000, port=port, drops=drops, queued=0, limit=1)
+
+
+def increments(events):
+    return sorted((e.comm, e.port, e.pid, e.cgroup, n) for e, n in events)
+
+
+def test_drops_before_the_first_poll_are_not_counted_later_ones_are():
+    h = Host()
+    h.pids = {1: [10, 11]}
+    h.fds = {11: {1001}}
+    h.listeners = {1: [listener(1, 5)]}
+    q = h.queues()
+    assert q.poll() == []
+    h.listeners = {1: [listener(1, 9)]}
+    assert increments(q.poll()) == [("p11", 8080, 11, 110, 4)]
+    assert q.poll() == []  # unchanged counter: nothing new
+
+
+def test_a_listener_born_after_the_first_poll_counts_from_zero():
+    h = Host()
+    h.pids = {1: [10]}
+    q = h.queues()
+    q.poll()
+    h.fds = {10: {2001}}
+    h.listeners = {1: [listener(1001, 3, port=9000, inode=2001)]}
+    assert increments(q.poll()) == [("p10", 9000, 10, 100, 3)]
+
+
+def test_namespaces_are_kept_apart_and_owners_looked_up_once():
+    h = Host()
+    h.pids = {1: [10], 2: [20]}
+    h.fds = {10: {1001}, 20: {1001}}  # the same inode number cannot be in both, but the cookie keys apart
+    h.listeners = {1: [listener(1, 0)], 2: [listener(1, 0)]}
+    looked = []
+    q = h.queues()
+    q.inodes_of = lambda pid: looked.append(pid) or h.fds.get(pid, set())
+    q.poll()
+    h.listeners = {1: [listener(1, 2)], 2: [listener(1, 7)]}
+    assert increments(q.poll()) == [("p10", 8080, 10, 100, 2), ("p20", 8080, 20, 200, 7)]
+    assert sorted(looked) == [10, 20]
+
+
+def test_unowned_listener_counts_with_empty_comm():
+    h = Host()
+    h.pids = {1: [10]}
+    h.listeners = {1: [listener(1, 0)]}
+    q = h.queues()
+    q.poll()
+    h.listeners = {1: [listener(1, 1)]}
+    assert increments(q.poll()) == [("", 8080, 0, 0, 1)]
+
+
+def test_a_namespace_failing_once_does_not_recount_its_history():
+    h = Host()
+    h.pids = {1: [10]}
+    h.fds = {10: {1001}}
+    h.listeners = {1: [listener(1, 50)]}
+    q = h.queues()
+    q.poll()
+    h.fail = {1}
+    assert q.poll() == []
+    assert q.failures == 1
+    h.fail = set()
+    h.listeners = {1: [listener(1, 51)]}
+    assert increments(q.poll()) == [("p10", 8080, 10, 100, 1)]
+
+
+def test_closed_listeners_are_forgotten():
+    h = Host()
+    h.pids = {1: [10]}
+    h.fds = {10: {1001}}
+    h.listeners = {1: [listener(1, 4)]}
+    q = h.queues()
+    q.poll()
+    h.listeners = {1: []}
+    q.poll()
+    assert q.seen == {}
