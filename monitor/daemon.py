@@ -12,6 +12,7 @@ from .aggregate import Aggregator
 from .cgroups import UnitResolver
 from .collector import ErrnoCollector
 from .drain import Drain
+from .pods import PodResolver
 
 log = logging.getLogger("errnomon")
 EXPIRE_EVERY = 60.0
@@ -58,7 +59,8 @@ class Daemon:
         log.info("attached %d of %d tracepoints in %.2fs", attached, len(self.programs.attached),
                  time.monotonic() - t0)
         self.decoder = decode.Decoder(decode.reset_reasons(self.programs.formats.get("tcp:tcp_send_reset")))
-        self.aggregator = Aggregator(self.config, unit_of=UnitResolver())
+        self.pods = PodResolver(self.config.pod_host_root)
+        self.aggregator = Aggregator(self.config, unit_of=UnitResolver(), pod_of=self.pods.get)
         self.drain = Drain(self.programs, count_flags(self.config))
         self.registry.register(ErrnoCollector(self.aggregator, self._status))
         ProcessCollector(registry=self.registry)
@@ -72,7 +74,10 @@ class Daemon:
     def drain_once(self):
         events = self.drain()
         if events:
-            self.aggregator.add((self.decoder(key), n) for key, n in events)
+            events = [(self.decoder(key), n) for key, n in events]
+            if self.config.pod_labels:  # file reads for new containers, outside the aggregator's lock
+                self.pods.prepare({event.cgroup for event, _ in events})
+            self.aggregator.add(events)
 
     def reload(self):
         self.reload_requested = False
@@ -85,6 +90,7 @@ class Daemon:
             if getattr(new, key) != getattr(self.config, key):
                 log.warning("kernel.%s changed: takes effect at the next restart", key)
         self.config = new
+        self.pods.configure(new.pod_host_root)
         self.aggregator.configure(new)
         self.drain.set_count_flags(count_flags(new))
         log.info("config reloaded from %s", self.config_file)

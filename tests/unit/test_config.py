@@ -37,6 +37,7 @@ def test_default_values():
     cfg = Config()
     assert cfg.pid_label is False
     assert cfg.unit_label is False
+    assert cfg.pod_labels is False and cfg.pod_host_root == "/"
     assert cfg.groups == ()
     assert cfg.ipv4_prefix == 32
     assert cfg.ipv6_prefix == 128
@@ -296,7 +297,7 @@ def test_unknown_key_with_suggestion():
     [
         ("lables: {}", "lables", "labels, remote, series, kernel", "labels"),
         ("bogus: 1", "bogus", "labels, remote, series, kernel", None),
-        ("labels: {pids: true}", "labels.pids", "pid, unit", "pid"),
+        ("labels: {pids: true}", "labels.pids", "pid, unit, pod, pod_host_root", "pid"),
         ("series: {TTL: 1h}", "series.TTL", "budget, ttl", "ttl"),
         ("series: {budgets: 1}", "series.budgets", "budget, ttl", "budget"),
         (
@@ -592,3 +593,15 @@ def test_syscall_tracepoints():
         parse("kernel:\n  syscall_tracepoints: 'no'\n", "c.yaml")
     assert "kernel.syscall_tracepoints" in str(e.value)
     assert "syscall_tracepoints" in KERNEL_KEYS
+
+
+def test_pod_labels_and_host_root():
+    cfg = parse("labels: {pod: true, pod_host_root: /host}")
+    assert cfg.pod_labels is True and cfg.pod_host_root == "/host"
+
+
+@pytest.mark.parametrize("value", ["host", "''", "1", "[/host]"])
+def test_pod_host_root_must_be_absolute(value):
+    with pytest.raises(ConfigError) as e:
+        parse("labels: {pod_host_root: %s}" % value)
+    assert str(e.value).startswith("<config>: labels.pod_host_root: expected an absolute path such as / or /host, got ")
