@@ -11,8 +11,9 @@ runtime wrote to disk, whose annotations carry the names kubelet gave it:
   docker      <host>/var/lib/docker/containers/<id>/config.v2.json
 
 Lookups are file reads outside the aggregator's lock (prepare(), called by the drain step); the aggregator
-reads only the cache (get()). A container id's identity never changes, so a cached answer stays right; a
-cgroup id not seen yet triggers a rescan of the cgroup tree, at most once per rescan interval.
+reads only the cache (get()). A container id's identity never changes, so a cached answer stays right. A
+container's cgroup must still exist when its errors are drained (within a drain interval or two): errors of a
+container that exited before are labelled "".
 """
 
 import glob
@@ -131,9 +132,8 @@ class PodResolver:
         self.rescan_every = rescan_every
         self.clock = clock
         self.cache = OrderedDict()  # cgroup id -> (namespace, pod, container); bounded, least recently used out
-        self.retry = {}             # cgroup id -> when a container's runtime files are looked for again
+        self.retry = {}             # unresolved cgroup id -> when it is looked up again
         self.paths = {}             # cgroup id -> cgroup path, from the last scan
-        self.scanned = None
         self.lock = threading.Lock()
 
     def configure(self, host_root):
@@ -148,41 +148,44 @@ class PodResolver:
         return found if found is not None else UNKNOWN
 
     def prepare(self, cgroup_ids):
-        """Resolve the ids not cached yet. Called from the drain step, never under the aggregator's lock."""
+        """Resolve the ids not cached yet. Called from the drain step, never under the aggregator's lock.
+
+        A cgroup id never seen before rescans the cgroup tree at once (one walk per call at most), so a
+        container's first errors carry its labels; an id that still resolves to nothing (its cgroup is already
+        gone, or the runtime has not written its files yet) is looked at again only after rescan_every."""
         with self.lock:
             now = self.clock()
+            todo = []
             for cgroup_id in cgroup_ids:
                 if not cgroup_id:
                     continue
                 if cgroup_id in self.cache:
                     self.cache.move_to_end(cgroup_id)
-                    continue
-                if self.retry.get(cgroup_id, now) > now:
-                    continue
-                found = self._resolve(cgroup_id, now)
+                elif self.retry.get(cgroup_id, now) <= now:
+                    todo.append(cgroup_id)
+            if any(cgroup_id not in self.paths for cgroup_id in todo):
+                self._scan(now)
+            for cgroup_id in todo:
+                found = self._resolve(cgroup_id)
                 if found is None:
-                    if cgroup_id in self.paths:  # a container whose runtime files are not written yet
-                        if len(self.retry) >= self.cache_size:
-                            self.retry.clear()
-                        self.retry[cgroup_id] = now + self.rescan_every
+                    if len(self.retry) >= self.cache_size:
+                        self.retry.clear()
+                    self.retry[cgroup_id] = now + self.rescan_every
                     continue
                 self.retry.pop(cgroup_id, None)
                 self.cache[cgroup_id] = found
                 if len(self.cache) > self.cache_size:
                     self.cache.popitem(last=False)
 
-    def _resolve(self, cgroup_id, now):
+    def _resolve(self, cgroup_id):
         """The identity, UNKNOWN for a cgroup that is no container's, None when it may be known later."""
         path = self.paths.get(cgroup_id)
-        if path is None and (self.scanned is None or now - self.scanned >= self.rescan_every):
-            self._scan(now)
-            path = self.paths.get(cgroup_id)
         if path is None:
             return None
         cid = container_id(path)
         if cid is None:
             return UNKNOWN
-        return self.runtimes.lookup(cid)  # None while the runtime has not written its files: retried
+        return self.runtimes.lookup(cid)
 
     def _scan(self, now):
         paths = {}
@@ -194,4 +197,3 @@ class PodResolver:
                 except OSError:
                     continue
         self.paths = paths
-        self.scanned = now

@@ -123,7 +123,7 @@ def test_resolver(node):
     assert resolver.get(0) == ("", "", "")
 
 
-def test_new_container_rescans_at_most_once_per_interval(node):
+def test_new_cgroup_rescans_at_once(node):
     cgroups, host, clock, resolver = node
     resolver.prepare({ino(cgroups / "k8s.io" / CID)})
     new = "5" * 64
@@ -131,12 +131,24 @@ def test_new_container_rescans_at_most_once_per_interval(node):
     write_json(host / "run/containerd/io.containerd.runtime.v2.task/k8s.io" / new / "config.json",
                {"annotations": k8s("shop", "web-1", "nginx")})
     new_id = ino(cgroups / "k8s.io" / new)
-    clock.now += 1.0
-    resolver.prepare({new_id})  # scanned 1 s ago: no rescan yet
-    assert resolver.get(new_id) == ("", "", "")
-    clock.now += 1.0
     resolver.prepare({new_id})
     assert resolver.get(new_id) == ("shop", "web-1", "nginx")
+
+
+def test_unresolved_cgroup_is_not_rescanned_before_the_interval(node):
+    cgroups, host, clock, resolver = node
+    scans = []
+    real_scan = resolver._scan
+    resolver._scan = lambda now: (scans.append(now), real_scan(now))
+    resolver.prepare({12345678})  # no such cgroup (any more)
+    resolver.prepare({12345678})
+    clock.now += 1.0
+    resolver.prepare({12345678})
+    assert scans == [100.0]
+    clock.now += 1.0
+    resolver.prepare({12345678})
+    assert scans == [100.0, 102.0]
+    assert resolver.get(12345678) == ("", "", "")
 
 
 def test_container_files_written_late_are_retried(node):
