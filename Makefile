@@ -2,7 +2,7 @@ VENV   := .venv
 CONFIG := config.example.yaml
 ARGS   ?=
 
-.PHONY: setup run test check clean
+.PHONY: setup run test check clean image
 
 setup:
 	bash scripts/setup.sh
@@ -23,6 +23,12 @@ check: setup
 bench: setup
 	bash bench/setup.sh
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
+# The container image (root, mmdebstrap, podman; no base image pulled): deploy/image/build.sh, README
+# "Running on Kubernetes". IMAGE=name:tag to choose the name.
+IMAGE ?=
+image:
+	bash deploy/image/build.sh $(IMAGE)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -17,7 +17,8 @@ METRIC_LABELS = {
 }
 OTHER = "other"
 # Labels whose values are not from a small fixed set: folded to "other" when even the overflow is full.
-OPEN_LABELS = ("comm", "remote", "port", "pid", "unit")
+OPEN_LABELS = ("comm", "remote", "port", "pid", "unit", "namespace", "pod", "container")
+POD_LABELS = ("namespace", "pod", "container")
 # Peer labels remembered between drains: a label costs ~2 us to compute, an entry ~200 bytes to keep.
 CACHE_SIZE = 2048
 
@@ -68,10 +69,11 @@ class Series:
 class Aggregator:
     """Monotonic counters per metric and label set, bounded by a per-metric budget. Thread-safe."""
 
-    def __init__(self, config, unit_of=None, clock=time.monotonic):
+    def __init__(self, config, unit_of=None, clock=time.monotonic, pod_of=None):
         self.lock = threading.Lock()
         self.clock = clock
         self.unit_of = unit_of or (lambda cgroup, pid: "")
+        self.pod_of = pod_of or (lambda cgroup: ("", "", ""))  # reads a cache only: called under the lock
         self.series = {m: {} for m in METRIC_LABELS}
         self.overflow = {m: 0 for m in METRIC_LABELS}
         self.configure(config)
@@ -82,6 +84,7 @@ class Aggregator:
             self.config = config
             self.grouper = RemoteGrouper(config.groups, config.ipv4_prefix, config.ipv6_prefix)
             extra = (("pid",) if config.pid_label else ()) + (("unit",) if config.unit_label else ())
+            extra += POD_LABELS if config.pod_labels else ()
             labels = {m: names + extra for m, names in METRIC_LABELS.items()}
             if getattr(self, "labels", labels) != labels:
                 self._rekey(labels)
@@ -117,6 +120,8 @@ class Aggregator:
             v["pid"] = str(event.pid) if event.pid else ""
         if self.config.unit_label:
             v["unit"] = self.unit_of(event.cgroup, event.pid)
+        if self.config.pod_labels:
+            v.update(zip(POD_LABELS, self.pod_of(event.cgroup)))
         return v
 
     def add(self, events):

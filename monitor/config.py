@@ -43,7 +43,7 @@ COUNTABLE_ERRNOS = ("EAGAIN", "EINTR", "EINPROGRESS")
 RESERVED_GROUP_NAMES = ("other", "")
 
 _SECTIONS = {
-    "labels": ("pid", "unit"),
+    "labels": ("pid", "unit", "pod", "pod_host_root"),
     "remote": ("groups", "ipv4_prefix", "ipv6_prefix"),
     "series": ("budget", "ttl"),
     "kernel": ("count", "map_size", "max_sockets", "drain_interval", "syscall_tracepoints"),
@@ -71,6 +71,8 @@ class Group:
 class Config:
     pid_label: bool = False        # labels.pid
     unit_label: bool = False       # labels.unit
+    pod_labels: bool = False       # labels.pod: namespace, pod and container labels
+    pod_host_root: str = "/"       # labels.pod_host_root: where the host's / is seen (runtime state files)
     groups: tuple = ()             # remote.groups (tuple of Group), first match wins
     ipv4_prefix: int = 32          # remote.ipv4_prefix (0..32)
     ipv6_prefix: int = 128         # remote.ipv6_prefix (0..128)
@@ -223,6 +225,14 @@ class _Parser:
             fields["pid_label"] = self.boolean(labels["pid"], "labels.pid")
         if "unit" in labels:
             fields["unit_label"] = self.boolean(labels["unit"], "labels.unit")
+        if "pod" in labels:
+            fields["pod_labels"] = self.boolean(labels["pod"], "labels.pod")
+        if "pod_host_root" in labels:
+            root = labels["pod_host_root"]
+            if not isinstance(root, str) or not root.startswith("/"):
+                raise self.error("labels.pod_host_root", "expected an absolute path such as / or /host, got %s"
+                                 % _describe(root))
+            fields["pod_host_root"] = root
 
         remote = self.mapping(top.get("remote"), "remote", _SECTIONS["remote"])
         if "groups" in remote:

@@ -15,6 +15,7 @@ from .cgroups import UnitResolver, cgroup_id_of_pid
 from .collector import ErrnoCollector
 from .drain import Drain
 from .listen_queue import ListenQueues
+from .pods import PodResolver
 
 log = logging.getLogger("errnomon")
 EXPIRE_EVERY = 60.0
@@ -149,7 +150,8 @@ class Daemon:
         log.info("attached %d of %d tracepoints in %.2fs", attached, len(self.programs.attached),
                  time.monotonic() - t0)
         self.decoder = decode.Decoder(decode.reset_reasons(self.programs.formats.get("tcp:tcp_send_reset")))
-        self.aggregator = Aggregator(self.config, unit_of=UnitResolver())
+        self.pods = PodResolver(self.config.pod_host_root)
+        self.aggregator = Aggregator(self.config, unit_of=UnitResolver(), pod_of=self.pods.get)
         self.drain = Drain(self.programs, count_flags(self.config))
         self.listen_queues = ListenQueues(cgroup_of=cgroup_id_of_pid)
         self.poll_listeners()  # the baseline: drops from before start-up are not ours
@@ -165,7 +167,10 @@ class Daemon:
     def drain_once(self):
         events = self.drain()
         if events:
-            self.aggregator.add((self.decoder(key), n) for key, n in events)
+            events = [(self.decoder(key), n) for key, n in events]
+            if self.config.pod_labels:  # file reads for new containers, outside the aggregator's lock
+                self.pods.prepare({event.cgroup for event, _ in events})
+            self.aggregator.add(events)
 
     def poll_listeners(self):
         try:
@@ -174,6 +179,8 @@ class Daemon:
             log.warning("listen queues not read: %s", e)
             return
         if events:
+            if self.config.pod_labels:
+                self.pods.prepare({event.cgroup for event, _ in events})
             self.aggregator.add(events)
 
     def apply(self, new, error):
@@ -185,6 +192,7 @@ class Daemon:
             if getattr(new, key) != getattr(self.config, key):
                 log.warning("kernel.%s changed: takes effect at the next restart", key)
         self.config = new
+        self.pods.configure(new.pod_host_root)
         self.aggregator.configure(new)
         self.drain.set_count_flags(count_flags(new))
         log.info("config reloaded from %s", self.config_file)

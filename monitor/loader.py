@@ -92,14 +92,23 @@ def find_tracefs():
     raise LoadError("tracefs mounted but has no events/: is CONFIG_FTRACE enabled in this kernel?")
 
 
+MODULES_DIR = "/lib/modules"
+KHEADERS = "/sys/kernel/kheaders.tar.xz"
+
+
 def check_headers():
     release = platform.release()
-    if os.environ.get("BCC_KERNEL_SOURCE") or os.path.exists("/sys/kernel/kheaders.tar.xz"):
+    if os.environ.get("BCC_KERNEL_SOURCE") or os.path.exists(KHEADERS):
         return
-    build = "/lib/modules/%s/build" % release
-    if not os.path.isdir(os.path.join(build, "include")):
-        raise LoadError("no kernel headers bcc can use at %s: install linux-headers-%s, or run 'make setup', "
-                        "which links the distribution's generic headers there" % (build, release))
+    build = os.path.join(MODULES_DIR, release, "build")
+    if os.path.isdir(os.path.join(build, "include")):
+        return
+    if os.path.islink(build):  # a container given the host's /lib/modules, but not the /usr/src its links point into
+        raise LoadError("%s links to %s, which is not here: mount the host's /usr/src read-only as well as "
+                        "/lib/modules" % (build, os.readlink(build)))
+    raise LoadError("no kernel headers bcc can use at %s, nor %s: install linux-headers-%s, or run 'make setup', "
+                    "which links the distribution's generic headers there; in a container, mount the host's "
+                    "/lib/modules and /usr/src read-only" % (build, KHEADERS, release))
 
 
 def _bcc_missing():

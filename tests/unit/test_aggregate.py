@@ -415,3 +415,21 @@ def test_memory_flat_over_distinct_peer_churn():
     assert len(series["socket_errors"][1]) == 100 + 7  # the budget, then remote="other" for each of 7 comms
     assert sum(v for _, v in series["socket_errors"][1]) == 220_000  # every event counted
     assert overflow["socket_errors"] > 0
+
+
+def test_pod_labels():
+    pods = {77: ("shop", "web-0", "nginx")}
+    agg = Aggregator(cfg("labels: {pod: true}"), pod_of=lambda c: pods.get(c, ("", "", "")))
+    agg.add([(event("sigpipe", action="handled", cgroup=77), 2), (event("sigpipe", action="handled", cgroup=5), 1)])
+    assert agg.label_names("sigpipe") == ("comm", "action", "namespace", "pod", "container")
+    assert table(agg, "sigpipe") == {("curl", "handled", "shop", "web-0", "nginx"): 2,
+                                     ("curl", "handled", "", "", ""): 1}
+
+
+def test_pod_labels_fold_to_other_over_budget():
+    pods = {1: ("a", "p1", "c"), 2: ("a", "p2", "c"), 3: ("a", "p3", "c")}
+    agg = Aggregator(cfg("labels: {pod: true}\nseries: {budget: 1}"), pod_of=pods.get)
+    agg.reserve = 1
+    agg.add([(event("sigpipe", action="handled", cgroup=c), 1) for c in (1, 2, 3)])
+    assert table(agg, "sigpipe") == {("curl", "handled", "a", "p1", "c"): 1, ("other", "handled", "a", "p2", "c"): 1,
+                                     ("other", "handled", "other", "other", "other"): 1}

@@ -37,6 +37,7 @@ def test_default_values():
     cfg = Config()
     assert cfg.pid_label is False
     assert cfg.unit_label is False
+    assert cfg.pod_labels is False and cfg.pod_host_root == "/"
     assert cfg.groups == ()
     assert cfg.ipv4_prefix == 32
     assert cfg.ipv6_prefix == 128
@@ -295,7 +296,7 @@ def test_unknown_key_with_suggestion():
     [
         ("lables: {}", "lables", "labels, remote, series, kernel", "labels"),
         ("bogus: 1", "bogus", "labels, remote, series, kernel", None),
-        ("labels: {pids: true}", "labels.pids", "pid, unit", "pid"),
+        ("labels: {pids: true}", "labels.pids", "pid, unit, pod, pod_host_root", "pid"),
         ("series: {TTL: 1h}", "series.TTL", "budget, ttl", "ttl"),
         ("series: {budgets: 1}", "series.budgets", "budget, ttl", "budget"),
         (
@@ -641,7 +642,7 @@ HOSTILE = [
      "config.yaml: line 1: invalid YAML: expected the node content, but found ':' (while parsing a flow "
      "node): quote IPv6 addresses inside [...] or {...}, e.g. [\"::1/128\"]"),
     ("labels: {\"p\\x1b[31mid\\u2028\": true}\n",
-     "config.yaml: labels.p\\x1b[31mid\\u2028: unknown key; valid keys here: pid, unit"),
+     "config.yaml: labels.p\\x1b[31mid\\u2028: unknown key; valid keys here: pid, unit, pod, pod_host_root"),
     ("labels: {pid: [%s]}\n" % ",".join(["'%s'" % ("x" * 1000)] * 100),
      "config.yaml: labels.pid: expected true or false, got ['xxxxxxxxxxxxxxxxxxxxxx...xxxxxxxxxxxxxxxxxxxxxxx', "
      "'xxx... (list)"),
@@ -701,3 +702,15 @@ def test_file_at_the_size_limit_loads(tmp_path):
     path = tmp_path / "edge.yaml"
     path.write_text("#" * (config.MAX_BYTES - 1) + "\n")
     assert load(str(path)) == Config()
+
+
+def test_pod_labels_and_host_root():
+    cfg = parse("labels: {pod: true, pod_host_root: /host}")
+    assert cfg.pod_labels is True and cfg.pod_host_root == "/host"
+
+
+@pytest.mark.parametrize("value", ["host", "''", "1", "[/host]"])
+def test_pod_host_root_must_be_absolute(value):
+    with pytest.raises(ConfigError) as e:
+        parse("labels: {pod_host_root: %s}" % value)
+    assert str(e.value).startswith("<config>: labels.pod_host_root: expected an absolute path such as / or /host, got ")

@@ -19,6 +19,7 @@ DASHBOARD_PATH = os.path.join(GRAFANA_DIR, "errnomon.json")
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 GRID_WIDTH = 24
 QUERY_VARIABLES = ("instance", "comm", "errno")
+POD_VARIABLES = ("namespace", "pod")  # have values only where errnomon runs with labels.pod: true
 
 # Grafana's built-in variables, as the end-to-end test substitutes them (1 s scrapes there).
 BUILTINS = {"__rate_interval": "1m", "__interval": "15s", "__range": "5m"}
@@ -51,7 +52,7 @@ def substitute(expr, values=None):
         name = m.group(1) or m.group(2)
         if name in BUILTINS:
             return BUILTINS[name]
-        if name in QUERY_VARIABLES:
+        if name in QUERY_VARIABLES + POD_VARIABLES:
             return values.get(name, ".*")
         raise AssertionError("unknown template variable $%s in %s" % (name, expr))
 
@@ -94,7 +95,7 @@ def test_template_variables():
     v = variables()
     ds = v["datasource"]
     assert ds["type"] == "datasource" and ds["query"] == "prometheus"
-    for name in QUERY_VARIABLES:
+    for name in QUERY_VARIABLES + POD_VARIABLES:
         var = v[name]
         assert var["type"] == "query", name
         assert var["datasource"] == DATASOURCE, name
@@ -171,6 +172,7 @@ def test_required_panels():
     assert has("errnomon_dropped_total")
     assert has("errnomon_series_overflow_total")
     assert has("scrape_duration_seconds")
+    assert has("topk(", "namespace, pod, container", 'namespace=~"$namespace", pod=~"$pod"', "errnomon_socket_errors")
 
 
 def test_recording_rules_used_exist_and_are_preferred():
@@ -193,7 +195,7 @@ def test_queries_are_valid_promql():
     rules = [{"record": "dashboard:panel_%d:%s" % (i, ref.lower()), "expr": expr}
              for i, (_, ref, expr, _) in enumerate(panel_queries())]
     rules += [{"record": "dashboard:variable:%s" % name, "expr": label_values(var)[0]}
-              for name, var in variables().items() if name in QUERY_VARIABLES]
+              for name, var in variables().items() if name in QUERY_VARIABLES + POD_VARIABLES]
     path = os.path.join(os.environ.get("TMPDIR", "/tmp"), "errnomon-dashboard-rules-%d.yml" % os.getpid())
     with open(path, "w") as f:
         yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}, f)

@@ -28,9 +28,35 @@ def test_headers_missing(monkeypatch):
     monkeypatch.setattr(loader.os.path, "exists", lambda p: False)
     with pytest.raises(loader.LoadError) as e:
         loader.check_headers()
-    assert str(e.value) == ("no kernel headers bcc can use at /lib/modules/0.0.0-errnomon-test/build: install "
-                            "linux-headers-0.0.0-errnomon-test, or run 'make setup', which links the "
-                            "distribution's generic headers there")
+    assert str(e.value) == ("no kernel headers bcc can use at /lib/modules/0.0.0-errnomon-test/build, nor "
+                            "/sys/kernel/kheaders.tar.xz: install linux-headers-0.0.0-errnomon-test, or run "
+                            "'make setup', which links the distribution's generic headers there; in a container, "
+                            "mount the host's /lib/modules and /usr/src read-only")
+
+
+def test_headers_link_dangles(monkeypatch, tmp_path):
+    """The host's /lib/modules mounted in a container without the /usr/src its build link points into."""
+    monkeypatch.delenv("BCC_KERNEL_SOURCE", raising=False)
+    monkeypatch.setattr(loader.platform, "release", lambda: "6.18.0-test")
+    monkeypatch.setattr(loader, "MODULES_DIR", str(tmp_path))
+    monkeypatch.setattr(loader, "KHEADERS", str(tmp_path / "no-kheaders.tar.xz"))
+    (tmp_path / "6.18.0-test").mkdir()
+    (tmp_path / "6.18.0-test" / "build").symlink_to("/usr/src/linux-headers-0.0.0-errnomon-test-amd64")
+    with pytest.raises(loader.LoadError) as e:
+        loader.check_headers()
+    assert str(e.value) == ("%s/6.18.0-test/build links to /usr/src/linux-headers-0.0.0-errnomon-test-amd64, which "
+                            "is not here: mount the host's /usr/src read-only as well as /lib/modules" % tmp_path)
+
+
+def test_headers_found_through_link(monkeypatch, tmp_path):
+    monkeypatch.delenv("BCC_KERNEL_SOURCE", raising=False)
+    monkeypatch.setattr(loader.platform, "release", lambda: "6.18.0-test")
+    monkeypatch.setattr(loader, "MODULES_DIR", str(tmp_path / "modules"))
+    monkeypatch.setattr(loader, "KHEADERS", str(tmp_path / "no-kheaders.tar.xz"))
+    (tmp_path / "src" / "include").mkdir(parents=True)
+    (tmp_path / "modules" / "6.18.0-test").mkdir(parents=True)
+    (tmp_path / "modules" / "6.18.0-test" / "build").symlink_to(tmp_path / "src")
+    loader.check_headers()
 
 
 def test_tracefs_not_mountable(monkeypatch, tmp_path):
