@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import time
+import urllib.request
 
 import pytest
 import yaml
@@ -144,6 +145,15 @@ class ContainerDaemon(Daemon):
                 time.sleep(0.2)
         self.stop()
         raise RuntimeError("errnomon did not serve metrics within 120 s in the container:\n" + self.output())
+
+    # It counts the whole host: with other tests' error storms running beside this one, a scrape can hold
+    # 10^5 series and take seconds. Longer bounds than the host daemon's, never a timing assertion.
+    def scrape_text(self):
+        with urllib.request.urlopen(self.url, timeout=120) as r:
+            return r.read().decode()
+
+    def wait_for(self, name, expected, timeout=8.0, **match):
+        super().wait_for(name, expected, timeout=max(timeout, 90.0), **match)
 
     def state(self):
         out = run("podman", "inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", self.name).stdout.split()
