@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import time
+import urllib.request
 
 import pytest
 import yaml
@@ -26,10 +27,11 @@ pytestmark = pytest.mark.bpf
 TAG = os.environ.get("ERRNOMON_TEST_TAG", "")
 PREFIX = "errnomon-test" + ("-" + TAG if TAG else "")  # every container, netns and cgroup made here
 IMAGE_REPO = "localhost/" + PREFIX.lower()             # image names are lower case
-RUNC = ["--runtime", "runc", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
-KUBE = os.path.join(REPO, "deploy", "kubernetes")
 NETNS = PREFIX + "-net"
 CGROUP_PARENT = "/" + PREFIX
+RUNC = ["--runtime", "runc", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
+        "--cgroup-parent", CGROUP_PARENT]
+KUBE = os.path.join(REPO, "deploy", "kubernetes")
 # A 64-hex id as kubelet's containers have; the cgroup path puts it under our own parent.
 CTR_ID = hashlib.sha256(PREFIX.encode()).hexdigest()
 
@@ -145,6 +147,15 @@ class ContainerDaemon(Daemon):
         self.stop()
         raise RuntimeError("errnomon did not serve metrics within 120 s in the container:\n" + self.output())
 
+    # It counts the whole host: with other tests' error storms running beside this one, a scrape can hold
+    # 10^5 series and take seconds. Longer bounds than the host daemon's, never a timing assertion.
+    def scrape_text(self):
+        with urllib.request.urlopen(self.url, timeout=120) as r:
+            return r.read().decode()
+
+    def wait_for(self, name, expected, timeout=8.0, **match):
+        super().wait_for(name, expected, timeout=max(timeout, 90.0), **match)
+
     def state(self):
         out = run("podman", "inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", self.name).stdout.split()
         return out[0], int(out[1])
@@ -252,7 +263,7 @@ def expect_reset(daemon, r, **identity):
 def test_podman_container_is_labelled_with_its_name(node, image):
     daemon, _, _ = node
     name = PREFIX + "-victim"
-    r = run("podman", "run", "--rm", "--name", name, *RUNC, "--cgroup-parent", CGROUP_PARENT,
+    r = run("podman", "run", "--rm", "--name", name, *RUNC,
             "--network", "ns:/run/netns/" + NETNS, "-e", "ERRNOMON_TEST_TAG=" + TAG, "-e", "PYTHONPATH=/srv",
             "-v", "%s:/srv:ro" % REPO, "--entrypoint", "python3", image,
             "-c", VICTIM, "kpod")
