@@ -51,10 +51,13 @@ class Netns:
                        stderr=subprocess.DEVNULL)
 
 
-def _connect_all(rep, family: int, port: int, n: int, blocking: bool, syncnt: int | None, wait: float) -> None:
-    """n connection attempts to (loopback, port). Blocking: connect()'s errno is recorded. Non-blocking:
-    connect() must say EINPROGRESS; then poll() for the outcome and record getsockopt(SO_ERROR) as
-    "so_error" - what an event loop reads."""
+def _connect_all(rep, family: int, port: int, n: int, blocking: bool, syncnt: int | None, wait: float,
+                 spread: float = 0.0, cpu: int | None = None) -> None:
+    """n connection attempts to (loopback, port), `spread` seconds apart, on one CPU if given. Blocking:
+    connect()'s errno is recorded. Non-blocking: connect() must say EINPROGRESS; then poll() for the outcome
+    and record getsockopt(SO_ERROR) as "so_error" - what an event loop reads."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     host = sc._loopback(family)
     socks = []
     for _ in range(n):
@@ -70,9 +73,15 @@ def _connect_all(rep, family: int, port: int, n: int, blocking: bool, syncnt: in
         err = s.connect_ex((host, port))
         rep.record("connect", sc._errname(err), err not in (0, errno.EINPROGRESS))
         socks.append(s)
+        time.sleep(spread)
+    _await_outcomes(rep, socks, select.POLLOUT | select.POLLERR, wait)
+
+
+def _await_outcomes(rep, socks, events: int, wait: float) -> None:
+    """poll() each socket for `events`, then record its SO_ERROR ("so_error"); close them all."""
     p = select.poll()
     for s in socks:
-        p.register(s.fileno(), select.POLLOUT | select.POLLERR)
+        p.register(s.fileno(), events)
     pending = {s.fileno(): s for s in socks}
     deadline = time.monotonic() + wait
     while pending and time.monotonic() < deadline:
@@ -188,128 +197,60 @@ def aborting_clients(comm_prefix: str, family: int, n: int) -> dict:
 
 
 
-def _srv_vanish(rep, family: int, n: int, accepted: sc._Event, done: sc._Event) -> None:
-    """Accept n connections and drop them with linger 0 (the RST|ACK is dropped by nftables), keeping the
-    listener: the clients' keepalive probes then hit the listener, which answers each with a reset."""
+def _srv_forget(rep, family: int, n: int, accepted: sc._Event, done: sc._Event) -> None:
+    """Accept n connections and abort them with linger 0 (nftables drops those resets), keeping the
+    listener: the clients' next segments reach the listener, which answers each with a reset."""
     ls = sc._listener(rep, family, backlog=max(16, n))
     conns = [ls.accept()[0] for _ in range(n)]
-    accepted.set()
     for conn in conns:
         sc._linger0(conn)
         conn.close()
-    rep.set("vanished", n)
-    sc._wait_event(done, "clients done", 40)
+    accepted.set()
+    sc._wait_event(done, "clients done", 30)
     ls.close()
 
 
-def _cli_keepalive(rep, family: int, port: int, n: int, accepted: sc._Event, cpu: int) -> None:
-    """n idle connections with 1 s keepalive: the probes go out from the timer softirq, and the resets that
-    answer them arrive there too. Records each socket's SO_ERROR once it reports an error."""
-    os.sched_setaffinity(0, {cpu})
+def _cli_keepalive(rep, family: int, port: int, n: int, accepted: sc._Event) -> None:
+    """n idle connections probed by 1 s keepalive; SO_ERROR of each once it reports an error."""
     socks = []
     for _ in range(n):
         s = socket.socket(family, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 1)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 5)
         sc._bound(s)
         rep.call("connect", s.connect, (sc._loopback(family), port))
         socks.append(s)
-    sc._wait_event(accepted, "server accepted", 10)
-    p = select.poll()
-    pending = {}
-    for s in socks:
-        p.register(s.fileno(), select.POLLERR | select.POLLHUP)
-        pending[s.fileno()] = s
-    deadline = time.monotonic() + 15
-    while pending and time.monotonic() < deadline:
-        for fd, _ in p.poll(200):
-            s = pending.pop(fd, None)
-            if s is not None:
-                p.unregister(fd)
-                err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                rep.record("so_error", sc._errname(err) if err else "OK", bool(err))
-    rep.set("unfinished", len(pending))
-    for s in socks:
-        s.close()
+    sc._wait_event(accepted, "server forgot", 10)
+    _await_outcomes(rep, socks, select.POLLERR | select.POLLHUP, 15.0)
 
 
-def keepalive_resets(comm_prefix: str, family: int, n: int, cpus=(0, 1)) -> dict:
-    """n connections per CPU in cpus whose server vanished silently; each client's keepalive probe (timer
-    softirq) is answered by the listener with a reset, received in the same softirq: n * len(cpus) resets
-    received and ECONNRESET error reports, the clients' SO_ERROR counting them."""
+def listener_forgot(comm_prefix: str, family: int, n: int) -> dict:
+    """A server forgets n connections (its linger-0 resets are dropped) but keeps listening: each client's
+    keepalive probe is answered by the listener with a reset. Expected: cli so_error ECONNRESET n times."""
     started = time.monotonic()
-    deadline = started + 40
+    deadline = started + 30
     procs = []
-    done = sc._Event()
-    events = [done]
+    accepted, done = sc._Event(), sc._Event()
     try:
         with Netns() as ns:
             try:
-                results = []
-                for cpu in cpus:
-                    accepted = sc._Event()
-                    events.append(accepted)
-                    srv = sc._spawn("srv", comm_prefix, _srv_vanish, family, n, accepted, done, netns=ns.name)
-                    procs.append(srv)
-                    port = sc._wait_info(srv, "port", deadline)
-                    if not results:
-                        ns.add_rule("tcp flags & (rst | ack) == (rst | ack) drop")
-                    cli = sc._spawn("cli", comm_prefix, _cli_keepalive, family, port, n, accepted, cpu,
-                                    netns=ns.name)
-                    procs.append(cli)
-                    results.append(port)
-                sc._finish([p for p in procs if p.role == "cli"], deadline)
-                for _ in cpus:
-                    done.set()
+                srv = sc._spawn("srv", comm_prefix, _srv_forget, family, n, accepted, done, netns=ns.name)
+                procs.append(srv)
+                port = sc._wait_info(srv, "port", deadline)
+                ns.add_rule("tcp sport %d tcp flags & (rst | ack) == (rst | ack) drop" % port)
+                cli = sc._spawn("cli", comm_prefix, _cli_keepalive, family, port, n, accepted, netns=ns.name)
+                procs.append(cli)
+                sc._finish([cli], deadline)
+                done.set()
                 sc._finish(procs, deadline)
             except BaseException:
                 sc._abort(procs)
                 raise
     finally:
-        for ev in events:
-            ev.close()
-    clis = [p for p in procs if p.role == "cli"]
-    return {
-        "comms": {"cli": clis[0].info.get("comm"), "srv": procs[0].info.get("comm")},
-        "ports": results,
-        "remote": sc._loopback(family),
-        "so_errors": [res for p in clis for op, res in p.calls if op == "so_error"],
-        "unfinished": sum(p.info.get("unfinished", 0) for p in clis),
-        "errors": [p.error for p in procs if p.error],
-    }
-
-
-def _cli_syn_timeouts(rep, family: int, port: int, n: int, spread: float, cpu: int) -> None:
-    """n non-blocking connects whose SYNs are dropped, started `spread` seconds apart so that their SYN
-    timers expire on different timer ticks; SO_ERROR of each after poll."""
-    os.sched_setaffinity(0, {cpu})
-    socks = []
-    for _ in range(n):
-        s = socket.socket(family, socket.SOCK_STREAM)
-        s.setsockopt(socket.IPPROTO_TCP, TCP_SYNCNT, 1)
-        s.setblocking(False)
-        err = s.connect_ex((sc._loopback(family), port))
-        rep.record("connect", sc._errname(err), err not in (0, errno.EINPROGRESS))
-        socks.append(s)
-        time.sleep(spread)
-    p = select.poll()
-    pending = {}
-    for s in socks:
-        p.register(s.fileno(), select.POLLOUT | select.POLLERR)
-        pending[s.fileno()] = s
-    deadline = time.monotonic() + 15
-    while pending and time.monotonic() < deadline:
-        for fd, _ in p.poll(200):
-            s = pending.pop(fd, None)
-            if s is not None:
-                p.unregister(fd)
-                err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                rep.record("so_error", sc._errname(err) if err else "OK", bool(err))
-    rep.set("unfinished", len(pending))
-    for s in socks:
-        s.close()
+        accepted.close()
+        done.close()
+    return sc._result("listener_forgot", family, port, sc._loopback(family), procs, started)
 
 
 def syn_timeouts(comm_prefix: str, family: int, n: int, spread: float = 0.05, cpus=(0, 1)) -> dict:
@@ -320,8 +261,8 @@ def syn_timeouts(comm_prefix: str, family: int, n: int, spread: float = 0.05, cp
     with Netns("tcp dport %d drop" % TIMEOUT_PORT) as ns:
         try:
             for cpu in cpus:
-                procs.append(sc._spawn("cli", comm_prefix, _cli_syn_timeouts, family, TIMEOUT_PORT, n, spread, cpu,
-                                       netns=ns.name))
+                procs.append(sc._spawn("cli", comm_prefix, _connect_all, family, TIMEOUT_PORT, n, False, 1, 15.0,
+                                       spread, cpu, netns=ns.name))
             sc._finish(procs, started + 40)
         except BaseException:
             sc._abort(procs)
