@@ -13,6 +13,7 @@ METRIC_LABELS = {
     "tcp_fins_sent": ("comm", "remote", "port"),
     "tcp_fins_received": ("comm", "remote", "port"),
     "sigpipe": ("comm", "action"),
+    "connect_failures": ("errno", "comm", "remote", "port"),
     "listen_drops": ("comm", "port"),
 }
 OTHER = "other"

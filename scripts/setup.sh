@@ -46,7 +46,7 @@ installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok
 in_apt()    { apt-cache show --no-all-versions "$1" >/dev/null 2>&1; }
 
 PKGS=(python3-bpfcc python3-venv python3-pip)
-[ "$MODE" = test ] && PKGS+=(nftables iproute2 bpftrace prometheus tmux gcc libc6-dev systemd
+[ "$MODE" = test ] && PKGS+=(nftables iproute2 bpftrace bpftool prometheus tmux gcc libc6-dev systemd
                               podman runc containerd mmdebstrap containernetworking-plugins)
 missing=()
 for p in "${PKGS[@]}"; do installed "$p" || missing+=("$p"); done

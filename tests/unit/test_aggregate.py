@@ -65,6 +65,7 @@ def test_default_metric_labels():
         "tcp_fins_sent": ("comm", "remote", "port"),
         "tcp_fins_received": ("comm", "remote", "port"),
         "sigpipe": ("comm", "action"),
+        "connect_failures": ("errno", "comm", "remote", "port"),
         "listen_drops": ("comm", "port"),
     }
 
