@@ -458,6 +458,40 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
             known->flags |= OWNER_ESTABLISHED;
         return 0;
     }
+#ifdef OFF_SOCK_SK_ERR
+    if (old == TCP_SYN_SENT && new == TCP_CLOSE) {
+        /* A connection attempt that ends here failed, whatever told the program: counted once, here, with the
+         * error the kernel recorded. An ICMP error that arrived while connect() held the socket lock is only a
+         * soft error (and its error report says 0), yet it is what SO_ERROR and the next call return. */
+        int err = 0;
+        known = owner_of(sk);
+        if (!known || (known->flags & (OWNER_CONNECTED | OWNER_ESTABLISHED)) != OWNER_CONNECTED)
+            return 0;
+        bpf_probe_read_kernel(&err, sizeof(err), sk + OFF_SOCK_SK_ERR);
+#ifdef OFF_SOCK_SK_ERR_SOFT
+        if (err == 0)
+            bpf_probe_read_kernel(&err, sizeof(err), sk + OFF_SOCK_SK_ERR_SOFT);
+#endif
+#if defined(OFF_SOCK_SK_ERROR_QUEUE) && defined(OFF_SOCK_SK_ERROR_QUEUE_PREV) && defined(OFF_SK_BUFF_CB) && \
+    defined(OFF_SOCK_EXTERR_SKB_EE_EE_ERRNO)
+        if (err == 0) {
+            /* the program read the soft error with SO_ERROR (which clears it), then closed: the ICMP error is
+             * still queued on the socket (the last skb of sk_error_queue; an empty queue points at itself) */
+            void *skb = 0;
+            bpf_probe_read_kernel(&skb, sizeof(skb), sk + OFF_SOCK_SK_ERROR_QUEUE_PREV);
+            if (skb && skb != sk + OFF_SOCK_SK_ERROR_QUEUE)
+                bpf_probe_read_kernel(&err, sizeof(err), skb + OFF_SK_BUFF_CB + OFF_SOCK_EXTERR_SKB_EE_EE_ERRNO);
+        }
+#endif
+        if (err > 0) {  /* none: the program closed the socket before anything failed */
+            struct errnomon_key key = {};
+            key_from_owner(&key, known);
+            key.code = err;
+            count(&key, METRIC_CONNECT_FAILURES);
+        }
+        return 0;
+    }
+#endif
     if (old == TCP_LISTEN && new == TCP_SYN_RECV) {
         /* a child of a listener, born in softirq: it belongs to whoever listens on the port */
         struct listener *l = listeners.lookup(&sport);
@@ -622,9 +656,8 @@ RAW_TRACEPOINT_PROBE(tcp_send_reset)
 /* ---- errors the kernel records on sockets ---- */
 
 #if defined(HAVE_sock__inet_sk_error_report) && defined(OFF_SOCK_SK_ERR)
-/* inet_sk_error_report(sk). A socket that never completed its handshake failed to connect: that goes to
- * connect_failures; socket_error_reports keeps errors of established or accepted connections (and of
- * sockets whose history is unknown). */
+/* inet_sk_error_report(sk). socket_error_reports keeps errors of established or accepted connections (and of
+ * sockets whose history is unknown); a socket this host was connecting fails in SYN_SENT -> CLOSE above. */
 RAW_TRACEPOINT_PROBE(inet_sk_error_report)
 {
     void *sk = (void *)ctx->args[0];
@@ -642,12 +675,11 @@ RAW_TRACEPOINT_PROBE(inet_sk_error_report)
     if (err <= 0 || dport == 0)
         return 0;
     o = owner_of(sk);
+    if (o && (o->flags & (OWNER_CONNECTED | OWNER_ESTABLISHED)) == OWNER_CONNECTED)
+        return 0;  /* a failed connection attempt: counted when the socket leaves SYN_SENT */
     key_from_sock(&key, sk, o);
     key.code = err;
-    if (o && (o->flags & (OWNER_CONNECTED | OWNER_ESTABLISHED)) == OWNER_CONNECTED)
-        count(&key, METRIC_CONNECT_FAILURES);
-    else
-        count(&key, METRIC_SOCKET_ERROR_REPORTS);
+    count(&key, METRIC_SOCKET_ERROR_REPORTS);
     return 0;
 }
 #endif

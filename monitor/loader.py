@@ -36,8 +36,7 @@ PROBES = {
     "tcp:tcp_destroy_sock": "the socket owner table relies on LRU eviction alone",
     "tcp:tcp_receive_reset": "resets received are not counted",
     "tcp:tcp_send_reset": "resets sent are not counted",
-    "sock:inet_sk_error_report": "socket error reports and connect failures are not counted (needs Linux 5.14 "
-                                 "and kernel BTF)",
+    "sock:inet_sk_error_report": "socket error reports are not counted (needs Linux 5.14 and kernel BTF)",
     "signal:signal_generate": "SIGPIPE is not counted",
     "signal:signal_deliver": "SIGPIPE is not counted",
 }
@@ -156,10 +155,17 @@ LAYOUT = {
     ("sock_common", "skc_v6_daddr"): "IPv6 peers of sockets without an owner entry are unknown (remote=\"\")",
     ("sock", "sk_protocol"): "SCTP and DCCP state changes are taken for TCP's",
     ("sock", "sk_err"): "socket error reports and connect failures are not counted",
+    ("sock", "sk_err_soft"): "connect failures whose ICMP error arrived while connect() held the socket are not counted",
+    ("sock", "sk_error_queue"): None,
+    ("sock", "sk_error_queue.prev"): "connect failures whose ICMP error the program already read with SO_ERROR are "
+                                     "not counted",
+    ("sk_buff", "cb"): None,  # where an error-queue skb keeps its struct sock_exterr_skb
+    ("sock_exterr_skb", "ee.ee_errno"): None,
     ("sk_buff", "head"): "resets sent by listeners and for no socket carry the listener's address, not the peer's",
     ("sk_buff", "network_header"): None,
     ("sk_buff", "transport_header"): None,
 }
+BASES = {("sk_buff", "cb"), ("sock", "sk_error_queue")}  # members read only as the start of something else: any size
 STABLE_HEAD = {"skc_daddr": 0, "skc_dport": 12, "skc_num": 14, "skc_family": 16, "skc_state": 18}
 NEEDS_LAYOUT = {"sock:inet_sk_error_report": ("sock", "sk_err")}
 
@@ -179,11 +185,12 @@ def layout_flags(kernel_btf):
     for (struct_name, member), what in LAYOUT.items():
         m = kernel_btf.member(struct_name, member)
         size = m and kernel_btf.type_size(m.type)
-        if m is None or m.bit_offset % 8 or (m.bitfield_size and m.bitfield_size != 8) or size not in (1, 2, 4, 8, 16):
+        if m is None or m.bit_offset % 8 or (m.bitfield_size and m.bitfield_size != 8) or (
+                size not in (1, 2, 4, 8, 16) and (struct_name, member) not in BASES):
             if what:
                 lost.append(what)
             continue
-        flags.append("-DOFF_%s_%s=%d" % (struct_name.upper(), member.upper(), m.bit_offset // 8))
+        flags.append("-DOFF_%s_%s=%d" % (struct_name.upper(), member.upper().replace(".", "_"), m.bit_offset // 8))
         if member == "sk_protocol":
             flags.append("-DSK_PROTOCOL_TYPE=%s" % ("u8" if m.bitfield_size or size == 1 else "u16"))
     return flags, lost
