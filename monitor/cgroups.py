@@ -1,10 +1,29 @@
 """cgroup v2 id -> systemd unit or container name, for the opt-in unit label."""
 
 import os
+import re
 import threading
 import time
 
 CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def cgroup2_mount(mountinfo="/proc/self/mountinfo"):
+    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on a hybrid
+    host), or None. Its directories' inodes are the ids bpf_get_current_cgroup_id() returns."""
+    try:
+        with open(mountinfo) as f:
+            lines = f.readlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        # mount id, parent, dev, root, mount point, options, optional fields..., "-", fs type, source, ...
+        if "-" in fields:
+            sep = fields.index("-")
+            if sep + 1 < len(fields) and fields[sep + 1] == "cgroup2" and fields[3] == "/":
+                return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])  # \040: space
+    return None
 
 
 def unit_name(path):
