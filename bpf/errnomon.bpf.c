@@ -47,11 +47,7 @@ BPF_ARRAY(settings, struct errnomon_settings, 1);
 
 /* Attribution state. LRU: an entry whose socket died unseen ages out instead of filling the map. */
 BPF_TABLE("lru_hash", u64, struct errnomon_owner, owners, MAX_SOCKETS);
-struct listener {
-    struct errnomon_owner owner;
-    u32 count;
-};
-BPF_TABLE("lru_hash", u16, struct listener, listeners, 4096);
+BPF_TABLE("lru_hash", u16, struct errnomon_listener, listeners, 4096);
 BPF_TABLE("lru_hash", u32, u64, connects, 16384);          /* tid -> sockaddr of connect() in flight */
 struct generated {
     u64 ns;      /* when: a pipe's SIGPIPE must not be taken for a later socket's */
@@ -138,6 +134,41 @@ static __always_inline void key_from_owner(struct errnomon_key *key, struct errn
     __builtin_memcpy(key->comm, o->comm, sizeof(key->comm));
 }
 
+/* Owners of the sockets that existed before errnomon started, by socket cookie: written once at start-up
+ * (monitor/seed.py), consulted only when `owners` has no entry for a socket pointer, and moved there. */
+BPF_TABLE("lru_hash", u64, struct errnomon_owner, seeded, MAX_SOCKETS);
+
+static __always_inline struct errnomon_owner *seeded_owner(void *sk)
+{
+#ifdef OFF_SOCK_COMMON_SKC_COOKIE
+    /* the cookie errnomon's sock_diag dump generated; 0 for a socket nobody asked the cookie of */
+    u64 cookie = 0, skp = (u64)sk;
+    struct errnomon_owner *seed, o;
+    if (!sk)
+        return 0;
+    bpf_probe_read_kernel(&cookie, sizeof(cookie), sk + OFF_SOCK_COMMON_SKC_COOKIE);
+    if (!cookie)
+        return 0;
+    seed = seeded.lookup(&cookie);
+    if (!seed)
+        return 0;
+    o = *seed;
+    owners.update(&skp, &o);
+    seeded.delete(&cookie);
+    return owners.lookup(&skp);
+#else
+    return 0;
+#endif
+}
+
+/* Every lookup of a socket's owner goes through here. */
+static __always_inline struct errnomon_owner *owner_of(void *sk)
+{
+    u64 key = (u64)sk;
+    struct errnomon_owner *o = owners.lookup(&key);
+    return o ? o : seeded_owner(sk);
+}
+
 /* Without an owner entry, the service port is a guess: a local port some program listens on, else the lower. */
 static __always_inline u16 guess_service_port(u16 local, u16 remote)
 {
@@ -199,7 +230,6 @@ static __always_inline int io_error(struct bpf_raw_tracepoint_args *ctx, int op)
     void *sk = (void *)ctx->args[0];
     int err = countable(-(int)ctx->args[1]);
     u16 family = 0;
-    u64 skp = (u64)sk;
     struct errnomon_key key = {};
     struct errnomon_owner *o;
 
@@ -208,7 +238,7 @@ static __always_inline int io_error(struct bpf_raw_tracepoint_args *ctx, int op)
     bpf_probe_read_kernel(&family, sizeof(family), sk + 16);
     if (family != AF_INET && family != AF_INET6)
         return 0;
-    o = owners.lookup(&skp);
+    o = owner_of(sk);
     if (o) {
         key_from_owner(&key, o);
     } else {
@@ -336,8 +366,8 @@ static __always_inline void owner_from_current(struct errnomon_owner *o)
 
 static __always_inline void listener_add(u16 port)
 {
-    struct listener *l = listeners.lookup(&port);
-    struct listener n = {};
+    struct errnomon_listener *l = listeners.lookup(&port);
+    struct errnomon_listener n = {};
     owner_from_current(&n.owner);
     n.count = 1;
     if (!l) {
@@ -360,7 +390,7 @@ static __always_inline void listener_add(u16 port)
 
 static __always_inline void listener_remove(u16 port)
 {
-    struct listener *l = listeners.lookup(&port);
+    struct errnomon_listener *l = listeners.lookup(&port);
     if (!l)
         return;
     if (l->count <= 1)
@@ -392,7 +422,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     if (old == TCP_LISTEN && new == TCP_SYN_RECV) {
         /* a child of a listener, born in softirq: it belongs to whoever listens on the port */
         u16 port = args->sport;
-        struct listener *l = listeners.lookup(&port);
+        struct errnomon_listener *l = listeners.lookup(&port);
         if (l)
             o = l->owner;
         o.flags |= OWNER_ACCEPTED;
@@ -414,7 +444,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         (old == TCP_SYN_RECV && new == TCP_FIN_WAIT1)) {
         /* tcp_send_fin() follows exactly these transitions */
         struct errnomon_key key = {};
-        known = owners.lookup(&sk);
+        known = owner_of((void *)sk);
         if (known) {
             key_from_owner(&key, known);
         } else {
@@ -456,7 +486,7 @@ TRACEPOINT_PROBE(tcp, tcp_receive_reset)
 {
     u64 sk = (u64)args->skaddr;
     struct errnomon_key key = {};
-    struct errnomon_owner *o = owners.lookup(&sk);
+    struct errnomon_owner *o = owner_of((void *)sk);
     u8 state = 0;
 
     /* fires inside tcp_reset(), before the state changes: this is the state the RST hit */
@@ -486,7 +516,7 @@ TRACEPOINT_PROBE(tcp, tcp_send_reset)
     bpf_probe_read_kernel(&local, sizeof(local), args->saddr);
     bpf_probe_read_kernel(&remote, sizeof(remote), args->daddr);
     if (sk)
-        o = owners.lookup(&sk);
+        o = owner_of((void *)sk);
     if (o) {
         key_from_owner(&key, o);
     } else {
@@ -522,8 +552,7 @@ TRACEPOINT_PROBE(sock, inet_sk_error_report)
         return 0;
     c = last_closed.lookup(&zero);
     if (c && c->sport == args->sport && c->dport == args->dport && c->family == args->family) {
-        u64 sk = c->sk;
-        o = owners.lookup(&sk);
+        o = owner_of((void *)c->sk);
     }
     if (o) {
         key_from_owner(&key, o);

@@ -33,10 +33,11 @@ def unit_name(path):
 
 
 class UnitResolver:
-    """Resolves by the cgroup directory's inode, which is the cgroup id on cgroup v2."""
+    """Resolves by the cgroup directory's inode, which is the cgroup id on cgroup v2. Only the v2 hierarchy
+    is walked: on a hybrid host the v1 hierarchies beside it number their directories independently."""
 
-    def __init__(self, root=CGROUP_ROOT, rescan_every=5.0):
-        self.root = root
+    def __init__(self, root=None, rescan_every=5.0):
+        self.root = root or cgroup2_mount() or CGROUP_ROOT
         self.rescan_every = rescan_every
         self.ids = {}
         self.scanned = 0.0

@@ -17,7 +17,7 @@ import socket
 import struct
 import subprocess
 
-from . import abi, bpfmap
+from . import abi, bpfmap, btf
 
 log = logging.getLogger("errnomon.loader")
 
@@ -132,9 +132,20 @@ def tracepoint_format(tracefs, probe):
         return None
 
 
-def compile_flags(available, formats, map_size, max_sockets):
+def layout_flags(kernel_btf):
+    """-DOFF_SOCK_COMMON_SKC_COOKIE: where the running kernel keeps a socket's cookie (seeded owners)."""
+    offset = kernel_btf.member_offset("sock_common", "skc_cookie") if kernel_btf else None
+    if offset is None:
+        log.warning("no kernel BTF for sock_common.skc_cookie: sockets opened before errnomon started stay "
+                    "unattributed on kernel-side events")
+        return []
+    return ["-DOFF_SOCK_COMMON_SKC_COOKIE=%d" % offset]
+
+
+def compile_flags(available, formats, map_size, max_sockets, layout=()):
     flags = ["-I" + abi.BPF_DIR, "-DMAP_SIZE=%d" % map_size, "-DMAX_SOCKETS=%d" % max_sockets,
              "-w"]  # the generic headers bcc may be given warn by the hundred; errors still show
+    flags.extend(layout)
     for probe in sorted(available):
         flags.append("-DHAVE_" + probe.replace(":", "__"))
     reset_fmt = formats.get("tcp:tcp_send_reset") or ""
@@ -143,7 +154,8 @@ def compile_flags(available, formats, map_size, max_sockets):
     return flags
 
 
-MAPS = ("counts", "drops", "settings")  # the maps the daemon uses, in the order their fds are passed
+# the maps the daemon uses, in the order their fds are passed
+MAPS = ("counts", "drops", "settings", "seeded", "listeners")
 
 
 class Programs:
@@ -152,7 +164,8 @@ class Programs:
     close() detaches."""
 
     def __init__(self, map_fds, attachment_fds, attached, formats, flags):
-        self.counts_fd, self._drops_fd, self._settings_fd = (map_fds[name] for name in MAPS)
+        self.counts_fd, self._drops_fd, self._settings_fd = (map_fds[name] for name in MAPS[:3])
+        self.seeded_fd, self.listeners_fd = map_fds["seeded"], map_fds["listeners"]  # monitor/seed.py
         self._fds = list(map_fds.values()) + list(attachment_fds)
         self.attached = attached          # probe name -> bool
         self.formats = formats            # probe name -> format file text (None if missing)
@@ -198,12 +211,12 @@ def available_probes(bcc, excluded=()):
     return available
 
 
-def _compile_and_attach(sock, formats, map_size, max_sockets, excluded):
+def _compile_and_attach(sock, formats, map_size, max_sockets, excluded, layout):
     """In the child: everything bcc. Sends {'available', 'flags'} or {'error'} and the fds."""
     try:
         bcc = import_bcc()
         available = available_probes(bcc, excluded)
-        flags = compile_flags(available, formats, map_size, max_sockets)
+        flags = compile_flags(available, formats, map_size, max_sockets, layout)
         try:
             bpf = bcc.BPF(src_file=SOURCE.encode(), cflags=flags)
         except Exception as e:  # bcc raises bare Exception on compile or attach failure
@@ -224,14 +237,15 @@ def load(tracefs, map_size, max_sockets, syscall_tracepoints=False, print_only=F
     (those are then neither attached nor reported as probes). tracefs: what preflight() returned."""
     formats = {p: tracepoint_format(tracefs, p) for p in PROBES}
     excluded = set() if syscall_tracepoints else SYSCALL_PROBES
+    layout = layout_flags(btf.BTF.load())
     if print_only:
-        return compile_flags(available_probes(import_bcc(), excluded), formats, map_size, max_sockets)
+        return compile_flags(available_probes(import_bcc(), excluded), formats, map_size, max_sockets, layout)
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child's work is checked by every BPF test
         parent.close()
         try:
-            _compile_and_attach(child, formats, map_size, max_sockets, excluded)
+            _compile_and_attach(child, formats, map_size, max_sockets, excluded, layout)
         finally:
             os._exit(0)  # no cleanup: bcc would detach what the parent now holds
     child.close()

@@ -130,6 +130,9 @@ def socket_holders(wanted, proc="/proc"):
         for path in entries:
             try:
                 target = os.readlink(path)
+            except PermissionError:  # CAP_DAC_READ_SEARCH lists fd/, only ptrace access reads its links
+                denied += 1
+                break
             except OSError:  # closed meanwhile
                 continue
             if target.startswith("socket:["):
@@ -275,7 +278,9 @@ def plan(sockets, holder_of, process_of, ephemeral):
 
 # ---- all of it ------------------------------------------------------------------------------------------
 
-Result = namedtuple("Result", "sockets owners listeners denied seconds")
+# sockets listed; records written to `seeded`, and how many of them name a process; listening ports;
+# processes whose fd table could not be read; time taken
+Result = namedtuple("Result", "sockets owners attributed listeners denied seconds")
 
 
 def existing_owners(proc="/proc", mountinfo="/proc/self/mountinfo", dump=dump_tcp):
@@ -320,4 +325,5 @@ def seed(seeded_fd, listeners_fd, **kw):
         write(seeded_fd, listeners_fd, owners, listeners)
     except OSError as e:
         raise SeedError("writing the seeded owners into the BPF maps failed (%s)" % e)
-    return Result(len(sockets), len(owners), len(listeners), denied, time.monotonic() - t0)
+    attributed = sum(1 for o in owners.values() if o.comm)
+    return Result(len(sockets), len(owners), attributed, len(listeners), denied, time.monotonic() - t0)

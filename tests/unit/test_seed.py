@@ -88,6 +88,7 @@ def test_socket_holders_tolerates_vanishing_and_denied(proc, monkeypatch):
     fake_process(proc, 11, "gone", fd_dir=False)          # exited between listing /proc and its fd/
     fake_process(proc, 12, "secret", sockets=[1002])       # another user's: fd/ unreadable
     fake_process(proc, 13, "racy", sockets=[1003, 1004])   # closes an fd between listing and readlink
+    fake_process(proc, 14, "other", sockets=[1005])        # fd/ listed (CAP_DAC_READ_SEARCH), links not
     real_scandir, real_readlink = os.scandir, os.readlink
 
     def scandir(path):
@@ -98,13 +99,15 @@ def test_socket_holders_tolerates_vanishing_and_denied(proc, monkeypatch):
     def readlink(path):
         if str(path).endswith("/13/fd/3"):
             raise FileNotFoundError(2, "No such file or directory", str(path))
+        if "/14/fd/" in str(path):
+            raise PermissionError(13, "Permission denied", str(path))
         return real_readlink(path)
 
     monkeypatch.setattr(seed.os, "scandir", scandir)
     monkeypatch.setattr(seed.os, "readlink", readlink)
-    holders, denied = seed.socket_holders({1001, 1002, 1003, 1004}, str(proc))
+    holders, denied = seed.socket_holders({1001, 1002, 1003, 1004, 1005}, str(proc))
     assert holders == {1001: [10], 1004: [13]}
-    assert denied == 1
+    assert denied == 2
 
 
 def test_process_comm_and_cgroup(proc, tmp_path):
@@ -291,3 +294,42 @@ def test_real_dump_and_owners(family, addr):
                 assert [as_tuple(o) for o in queued] == [owner(os.getpid(), me, my_cgroup, port, ACC, family, raw)]
                 assert as_tuple(listeners[port].owner) == owner(os.getpid(), me, my_cgroup, 0, 0, 0, bytes(16))
                 assert listeners[port].count == 1
+
+
+# ---- start-up: never fatal -------------------------------------------------------------------------------------
+
+class FakePrograms:
+    seeded_fd, listeners_fd = -1, -1
+
+
+def start_daemon_seeding(monkeypatch, caplog, outcome):
+    from monitor import daemon as daemon_mod
+
+    def fake_seed(seeded_fd, listeners_fd):
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(seed, "seed", fake_seed)
+    d = daemon_mod.Daemon.__new__(daemon_mod.Daemon)
+    d.programs = FakePrograms()
+    d.config = type("Config", (), {"max_sockets": 100})()
+    with caplog.at_level("INFO"):
+        d.seed_owners()
+    return [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "errnomon"]
+
+
+def test_seeding_failure_is_one_warning(monkeypatch, caplog):
+    logged = start_daemon_seeding(monkeypatch, caplog, seed.SeedError("listing TCP sockets with sock_diag failed "
+                                                                      "([Errno 1] Operation not permitted)"))
+    assert [lvl for lvl, _ in logged] == ["INFO", "WARNING"]  # status line, then the one warning
+    assert "Operation not permitted" in logged[1][1] and "carry no process" in logged[1][1]
+
+
+def test_seeding_result_is_logged_and_unreadable_processes_warned(monkeypatch, caplog):
+    logged = start_daemon_seeding(monkeypatch, caplog, seed.Result(sockets=130, owners=120, attributed=90,
+                                                                   listeners=3, denied=2, seconds=0.25))
+    assert logged[1] == ("INFO", "seeded 120 of 130 existing TCP sockets (90 with their process) and 3 listening "
+                                 "ports in 0.25s")
+    assert [lvl for lvl, _ in logged[2:]] == ["WARNING", "WARNING"]
+    assert "max_sockets is 100" in logged[2][1] and "fd tables of 2 processes" in logged[3][1]

@@ -1,0 +1,158 @@
+"""Attribution survives a restart: sockets opened before errnomon started are seeded at start-up.
+
+A server (listener + accepted connection) and a client exist before a fresh daemon starts; both run in a
+cgroup of their own, so the unit label proves the seeded cgroup id is the one bpf_get_current_cgroup_id()
+gives. Ground truth: the actors' own pids, comms, cgroup and the errno their calls returned.
+"""
+
+import errno
+import json
+import os
+import socket
+import struct
+
+import pytest
+
+from monitor import cgroups
+from . import scenarios
+from .conftest import TEST_CONFIG, Daemon, _require_environment
+
+CONFIG = TEST_CONFIG + """
+labels:
+  pid: true
+  unit: true
+"""
+TIMEOUT = 5.0
+
+
+def _actor(comm, cgroup_dir, commands, replies):
+    """Child: name itself, join the cgroup, then run one command per line and answer each with a JSON line."""
+    scenarios._set_comm(comm)
+    with open(os.path.join(cgroup_dir, "cgroup.procs"), "w") as f:
+        f.write("0")  # this process
+    listener, current = None, None
+    accepted = []
+    for line in iter(commands.readline, ""):
+        cmd, *arg = line.split()
+        if cmd == "listen":
+            family = int(arg[0])
+            listener = socket.socket(family, socket.SOCK_STREAM)
+            listener.settimeout(TIMEOUT)
+            listener.bind((scenarios._loopback(family), 0))
+            listener.listen(16)
+            answer = listener.getsockname()[1]
+        elif cmd == "accept":
+            conn, _ = listener.accept()
+            accepted.append(conn)
+            answer = "OK"
+        elif cmd == "reset":  # abort the last accepted connection: RST
+            conn = accepted.pop()
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+            answer = "OK"
+        elif cmd == "connect":
+            family, port = int(arg[0]), int(arg[1])
+            current = socket.socket(family, socket.SOCK_STREAM)
+            current.settimeout(TIMEOUT)
+            current.connect((scenarios._loopback(family), port))
+            answer = current.getsockname()[1]
+        elif cmd == "recv":
+            try:
+                answer = "EOF" if current.recv(64) == b"" else "DATA"
+            except OSError as e:
+                answer = errno.errorcode.get(e.errno, str(e.errno))
+        else:
+            return
+        replies.write(json.dumps(answer) + "\n")
+        replies.flush()
+
+
+class Actor:
+    def __init__(self, role, cgroup_dir):
+        self.comm = scenarios.make_comm("sd", role)
+        cmd_r, cmd_w = os.pipe()
+        rep_r, rep_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                os.close(cmd_w)
+                os.close(rep_r)
+                _actor(self.comm, cgroup_dir, os.fdopen(cmd_r), os.fdopen(rep_w, "w"))
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(cmd_r)
+        os.close(rep_w)
+        self.commands = os.fdopen(cmd_w, "w")
+        self.replies = os.fdopen(rep_r)
+
+    def __call__(self, *cmd):
+        self.commands.write(" ".join(str(c) for c in cmd) + "\n")
+        self.commands.flush()
+        line = self.replies.readline()
+        assert line, "%s died running %s" % (self.comm, cmd)
+        return json.loads(line)
+
+    def stop(self):
+        try:
+            self.commands.write("exit\n")
+            self.commands.flush()
+        except OSError:
+            pass
+        _, status = os.waitpid(self.pid, 0)
+        self.commands.close()
+        self.replies.close()
+        return status
+
+
+@pytest.fixture
+def cgroup_dir():
+    _require_environment()
+    mount = cgroups.cgroup2_mount()
+    assert mount, "no cgroup2 hierarchy mounted (see /proc/self/mountinfo): cannot check cgroup ids"
+    path = os.path.join(mount, "%sseed%d" % (scenarios.RUN_TAG, os.getpid()))
+    os.mkdir(path)
+    yield path
+    os.rmdir(path)
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
+def test_sockets_opened_before_start_keep_their_owner(tmp_path, cgroup_dir, family):
+    srv, cli = Actor("srv", cgroup_dir), Actor("cli", cgroup_dir)
+    daemon = None
+    try:
+        port = srv("listen", family)
+        cli("connect", family, port)
+        assert srv("accept") == "OK"
+        # only now errnomon starts: the listener and both ends of the connection exist already
+        daemon = Daemon(tmp_path, CONFIG, name="seeded")
+        assert "seeded " in daemon.output()
+
+        assert srv("reset") == "OK"
+        assert cli("recv") == "ECONNRESET"
+        unit = os.path.basename(cgroup_dir)
+        peer = dict(remote=scenarios._loopback(family), port=str(port), unit=unit)
+        c, s = dict(peer, comm=cli.comm, pid=str(cli.pid)), dict(peer, comm=srv.comm, pid=str(srv.pid))
+
+        def expect(who, metric, value, **labels):
+            daemon.wait_for(metric, [(dict(who, **labels), value)], comm=who["comm"])
+
+        expect(c, "errnomon_socket_errors_total", 1, errno="ECONNRESET", op="recv")
+        expect(c, "errnomon_socket_error_reports_total", 1, errno="ECONNRESET")
+        expect(c, "errnomon_tcp_resets_received_total", 1, state="ESTABLISHED")
+        expect(s, "errnomon_tcp_resets_sent_total", 1, reason="TCP_STATE")
+
+        # a connection accepted after start-up from the listener that existed before: the listener's process
+        cli("connect", family, port)
+        assert srv("accept") == "OK"
+        assert srv("reset") == "OK"
+        assert cli("recv") == "ECONNRESET"
+        expect(s, "errnomon_tcp_resets_sent_total", 2, reason="TCP_STATE")
+        expect(c, "errnomon_socket_errors_total", 2, errno="ECONNRESET", op="recv")
+        expect(c, "errnomon_tcp_resets_received_total", 2, state="ESTABLISHED")
+    finally:
+        assert srv.stop() == 0 and cli.stop() == 0
+        if daemon is not None:
+            rc = daemon.stop()
+            assert rc == 0, "errnomon did not exit cleanly on SIGTERM (%s):\n%s" % (rc, daemon.output())
