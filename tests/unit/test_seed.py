@@ -39,7 +39,9 @@ def test_recorded_diag_messages(hexdata, expected):
     msg = message_class(bytes.fromhex(hexdata))
     msg.decode()
     assert msg["header"]["type"] == 20  # SOCK_DIAG_BY_FAMILY
-    assert seed.from_diag(msg) == expected
+    assert msg["tcp_socket"] == expected
+    assert seed.from_diag(bytes.fromhex(hexdata), 16) == expected   # after the netlink header
+    assert seed.INET_DIAG_MSG.size == 72  # sizeof(struct inet_diag_msg)
 
 
 # ---- fake /proc -------------------------------------------------------------------------------------------
