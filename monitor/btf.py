@@ -129,6 +129,22 @@ class BTF:
             tid = self.types[tid].size_or_type
         return tid
 
+    def type_size(self, tid, depth=0):
+        """Size in bytes of a type (pointers: 8, the size of a pointer on errnomon's 64-bit targets)."""
+        tid = self.resolve(tid)
+        t = self.types[tid]
+        if t is None or depth > 16:
+            return None
+        if t.kind in (INT, ENUM, ENUM64, STRUCT, UNION, FLOAT):
+            return t.size_or_type
+        if t.kind == PTR:
+            return 8
+        if t.kind == ARRAY:
+            elem, _, nelems = struct.unpack_from(self._e + "III", self._data, t.trailer)
+            inner = self.type_size(elem, depth + 1)
+            return None if inner is None else inner * nelems
+        return None
+
     def members(self, tid):
         t = self.types[tid]
         if t.kind not in (STRUCT, UNION):

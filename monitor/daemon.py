@@ -72,7 +72,7 @@ class Daemon:
         Never fatal: without them, those sockets' kernel-side events carry no process, as before."""
         self.status("seeding the owners of existing sockets")
         try:
-            r = seed.seed(self.programs.seeded_fd, self.programs.listeners_fd)
+            r = seed.seed(self.programs.seeded_fd, self.programs.listeners_fd, self.programs.ephemeral)
         except seed.SeedError as e:
             log.warning("%s: sockets opened before errnomon started carry no process on kernel-side events", e)
             return
@@ -87,7 +87,7 @@ class Daemon:
                         "on kernel-side events", r.denied)
 
     def _status(self):
-        return {"attached": self.programs.attached, "drops": self.programs.drops()}
+        return {"attached": self.programs.attached, "drops": self.programs.drops(), "missed": self.programs.missed()}
 
     def drain_once(self):
         events = self.drain()

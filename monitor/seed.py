@@ -42,6 +42,7 @@ SKIPPED_STATES = {TCP_SYN_RECV, TCP_TIME_WAIT, TCP_CLOSE}
 OWNER_CONNECTED = abi.DEFINES["OWNER_CONNECTED"]
 OWNER_ACCEPTED = abi.DEFINES["OWNER_ACCEPTED"]
 OWNER_AMBIGUOUS = abi.DEFINES["OWNER_AMBIGUOUS"]
+OWNER_ESTABLISHED = abi.DEFINES["OWNER_ESTABLISHED"]
 BPF_NOEXIST = 1
 
 # One TCP socket as inet_diag reports it; addresses are 16 bytes (IPv4: the first 4, the rest zero).
@@ -198,20 +199,11 @@ def pick_holder(tgids, proc="/proc"):
 
 # ---- 3. owner records -----------------------------------------------------------------------------------
 
-def ephemeral_ports(path="/proc/sys/net/ipv4/ip_local_port_range"):
-    """(low, high) of the ports the kernel hands out for connect(); Linux's default if unreadable."""
-    try:
-        low, high = _read(path).split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
 def service_port(sock, listening_ports, ephemeral):
     """(service port, flags) as the programs would have recorded them: a child of a local listener serves
     its local port (OWNER_ACCEPTED); any other socket was connected, and the remote port is the service
     (OWNER_CONNECTED) -- unless the listener is gone and only the remote port is one the kernel hands
-    out to clients."""
+    out to clients. ephemeral: (low, high) of net.ipv4.ip_local_port_range ((0, 0): unknown)."""
     low, high = ephemeral
     if sock.sport in listening_ports:
         return sock.sport, OWNER_ACCEPTED
@@ -265,6 +257,8 @@ def plan(sockets, holder_of, process_of, ephemeral):
         if s.state == TCP_LISTEN or s.state in SKIPPED_STATES or not s.cookie:
             continue
         port, flags = service_port(s, listeners, ephemeral)
+        if flags == OWNER_CONNECTED and s.state != TCP_SYN_SENT:
+            flags |= OWNER_ESTABLISHED  # past its handshake: an error now is not a failed connection attempt
         tgid = holder_of(s.inode) if s.inode else None
         info = process_of(tgid) if tgid else None
         if info is None and port in listeners and flags == OWNER_ACCEPTED:
@@ -288,7 +282,7 @@ def plan(sockets, holder_of, process_of, ephemeral):
 Result = namedtuple("Result", "sockets owners attributed listeners denied seconds")
 
 
-def existing_owners(proc="/proc", mountinfo="/proc/self/mountinfo", dump=dump_tcp):
+def existing_owners(ephemeral, proc="/proc", mountinfo="/proc/self/mountinfo", dump=dump_tcp):
     """Everything but the map writes: (sockets, {cookie: Owner}, {port: Listener}, processes denied)."""
     sockets = dump()
     holders, denied = socket_holders({s.inode for s in sockets if s.inode and s.state not in SKIPPED_STATES},
@@ -305,7 +299,7 @@ def existing_owners(proc="/proc", mountinfo="/proc/self/mountinfo", dump=dump_tc
         tgids = holders.get(inode)
         return pick_holder(tgids, proc) if tgids else None
 
-    owners, listeners = plan(sockets, holder_of, process_of, ephemeral_ports())
+    owners, listeners = plan(sockets, holder_of, process_of, ephemeral)
     return sockets, owners, listeners, denied
 
 
@@ -322,10 +316,10 @@ def write(seeded_fd, listeners_fd, owners, listeners):
                 raise
 
 
-def seed(seeded_fd, listeners_fd, **kw):
+def seed(seeded_fd, listeners_fd, ephemeral, **kw):
     """List, resolve and write. Returns a Result; raises SeedError when nothing could be done."""
     t0 = time.monotonic()
-    sockets, owners, listeners, denied = existing_owners(**kw)
+    sockets, owners, listeners, denied = existing_owners(ephemeral, **kw)
     try:
         write(seeded_fd, listeners_fd, owners, listeners)
     except OSError as e:

@@ -184,13 +184,13 @@ def as_tuple(o):
 
 
 LISTEN, ESTABLISHED, SYN_SENT, CLOSE_WAIT, FIN_WAIT1 = 10, 1, 2, 8, 4
-CONN, ACC, AMB = seed.OWNER_CONNECTED, seed.OWNER_ACCEPTED, seed.OWNER_AMBIGUOUS
+CONN, ACC, AMB = seed.OWNER_CONNECTED | seed.OWNER_ESTABLISHED, seed.OWNER_ACCEPTED, seed.OWNER_AMBIGUOUS
 
 PLANS = [
     ("connected", [sock(ESTABLISHED, 45000, 5432, 1, 100)], {100: 20},
      {1: owner(20, b"app", 600, 5432, CONN)}, {}),
-    ("connecting", [sock(SYN_SENT, 45001, 443, 1, 100)], {100: 20},
-     {1: owner(20, b"app", 600, 443, CONN)}, {}),
+    ("connecting: not established yet", [sock(SYN_SENT, 45001, 443, 1, 100)], {100: 20},
+     {1: owner(20, b"app", 600, 443, seed.OWNER_CONNECTED)}, {}),
     ("connected between two ephemeral ports", [sock(ESTABLISHED, 45000, 40001, 1, 100)], {100: 20},
      {1: owner(20, b"app", 600, 40001, CONN)}, {}),
     ("accepted child of a listener", [sock(LISTEN, 5432, 0, 1, 200, dst=bytes(16)),
@@ -233,15 +233,6 @@ def test_plan(sockets, holders, owners, listeners):
     assert {p: (as_tuple(rec.owner), rec.count) for p, rec in got_listeners.items()} == listeners
 
 
-@pytest.mark.parametrize("text, expected", [("32768\t60999\n", (32768, 60999)), ("1024 65535\n", (1024, 65535)),
-                                            (None, (32768, 60999)), ("garbage\n", (32768, 60999))])
-def test_ephemeral_ports(tmp_path, text, expected):
-    path = tmp_path / "ip_local_port_range"
-    if text is not None:
-        path.write_text(text)
-    assert seed.ephemeral_ports(str(path)) == expected
-
-
 def test_dump_failure_is_one_seed_error(monkeypatch):
     class Refused:
         def __init__(self):
@@ -272,7 +263,7 @@ def test_real_dump_and_owners(family, addr):
             pending.connect((addr, port))   # completed by the kernel, never accept()ed: inode 0
             with srv:
                 by_inode = {s.inode: s for s in seed.dump_tcp() if s.inode}
-                sockets, owners, listeners, denied = seed.existing_owners()
+                sockets, owners, listeners, denied = seed.existing_owners(EPHEMERAL)
                 raw = socket.inet_pton(family, addr).ljust(16, b"\0")
                 c = by_inode[os.fstat(cli.fileno()).st_ino]
                 assert c == seed.TcpSocket(family, seed.TCP_ESTABLISHED, cli.getsockname()[1], port, raw, raw,
@@ -301,13 +292,13 @@ def test_real_dump_and_owners(family, addr):
 # ---- start-up: never fatal -------------------------------------------------------------------------------------
 
 class FakePrograms:
-    seeded_fd, listeners_fd = -1, -1
+    seeded_fd, listeners_fd, ephemeral = -1, -1, (32768, 60999)
 
 
 def start_daemon_seeding(monkeypatch, caplog, outcome):
     from monitor import daemon as daemon_mod
 
-    def fake_seed(seeded_fd, listeners_fd):
+    def fake_seed(seeded_fd, listeners_fd, ephemeral):
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
@@ -335,3 +326,9 @@ def test_seeding_result_is_logged_and_unreadable_processes_warned(monkeypatch, c
                                  "ports in 0.25s")
     assert [lvl for lvl, _ in logged[2:]] == ["WARNING", "WARNING"]
     assert "max_sockets is 100" in logged[2][1] and "fd tables of 2 processes" in logged[3][1]
+
+
+def test_plan_without_the_ephemeral_range():
+    """(0, 0): net.ipv4.ip_local_port_range unreadable; a socket with no local listener is taken as connected."""
+    owners, _ = seed.plan([sock(CLOSE_WAIT, 8080, 45000, 1, 100)], {100: 20}.get, P.get, (0, 0))
+    assert as_tuple(owners[1]) == owner(20, b"app", 600, 45000, CONN)
