@@ -1,8 +1,9 @@
 """Attribution survives a restart: sockets opened before errnomon started are seeded at start-up.
 
-A server (listener + accepted connection) and a client exist before a fresh daemon starts; both run in a
-cgroup of their own, so the unit label proves the seeded cgroup id is the one bpf_get_current_cgroup_id()
-gives. Ground truth: the actors' own pids, comms, cgroup and the errno their calls returned.
+A server (listener + two accepted connections) and its client exist before a fresh daemon starts; both run
+in a cgroup of their own, so the unit label proves the seeded cgroup id is the one bpf_get_current_cgroup_id()
+gives. One old connection is reset (resets sent and received, error report, the client's ECONNRESET), the
+other closed in order (each side's FIN); then a new connection from the old listener is reset. Ground truth: the actors' own pids, comms, cgroup and the errno their calls returned.
 """
 
 import errno
@@ -35,12 +36,12 @@ TIMEOUT = 5.0
 
 
 def _actor(comm, cgroup_dir, commands, replies):
-    """Child: name itself, join the cgroup, then run one command per line and answer each with a JSON line."""
+    """Child: name itself, join the cgroup, then run one command per line ("<cmd> <connection name> ...") and
+    answer each with a JSON line."""
     scenarios._set_comm(comm)
     with open(os.path.join(cgroup_dir, "cgroup.procs"), "w") as f:
         f.write("0")  # this process
-    listener, current = None, None
-    accepted = []
+    listener, conns = None, {}
     for line in iter(commands.readline, ""):
         cmd, *arg = line.split()
         if cmd == "listen":
@@ -51,23 +52,23 @@ def _actor(comm, cgroup_dir, commands, replies):
             listener.listen(16)
             answer = listener.getsockname()[1]
         elif cmd == "accept":
-            conn, _ = listener.accept()
-            accepted.append(conn)
-            answer = "OK"
-        elif cmd == "reset":  # abort the last accepted connection: RST
-            conn = accepted.pop()
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            conn.close()
+            conns[arg[0]], _ = listener.accept()
+            conns[arg[0]].settimeout(TIMEOUT)
             answer = "OK"
         elif cmd == "connect":
-            family, port = int(arg[0]), int(arg[1])
-            current = socket.socket(family, socket.SOCK_STREAM)
-            current.settimeout(TIMEOUT)
-            current.connect((scenarios._loopback(family), port))
-            answer = current.getsockname()[1]
+            family, port = int(arg[1]), int(arg[2])
+            conns[arg[0]] = socket.create_connection((scenarios._loopback(family), port), timeout=TIMEOUT)
+            answer = "OK"
+        elif cmd == "reset":  # abort: RST
+            conns[arg[0]].setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conns.pop(arg[0]).close()
+            answer = "OK"
+        elif cmd == "close":  # orderly: FIN
+            conns.pop(arg[0]).close()
+            answer = "OK"
         elif cmd == "recv":
             try:
-                answer = "EOF" if current.recv(64) == b"" else "DATA"
+                answer = "EOF" if conns[arg[0]].recv(64) == b"" else "DATA"
             except OSError as e:
                 answer = errno.errorcode.get(e.errno, str(e.errno))
         else:
@@ -132,14 +133,15 @@ def test_sockets_opened_before_start_keep_their_owner(tmp_path, cgroup_dir, fami
     daemon = None
     try:
         port = srv("listen", family)
-        cli("connect", family, port)
-        assert srv("accept") == "OK"
-        # only now errnomon starts: the listener and both ends of the connection exist already
+        for name in ("reset", "fin"):
+            assert cli("connect", name, family, port) == "OK"
+            assert srv("accept", name) == "OK"
+        # only now errnomon starts: the listener and both ends of both connections exist already
         daemon = Daemon(tmp_path, CONFIG, name="seeded")
         assert "seeded " in daemon.output()
 
-        assert srv("reset") == "OK"
-        assert cli("recv") == "ECONNRESET"
+        assert srv("reset", "reset") == "OK"
+        assert cli("recv", "reset") == "ECONNRESET"
         unit = os.path.basename(cgroup_dir)
         peer = dict(remote=scenarios._loopback(family), port=str(port), unit=unit)
         c, s = dict(peer, comm=cli.comm, pid=str(cli.pid)), dict(peer, comm=srv.comm, pid=str(srv.pid))
@@ -152,13 +154,21 @@ def test_sockets_opened_before_start_keep_their_owner(tmp_path, cgroup_dir, fami
         expect(c, "errnomon_tcp_resets_received_total", 1, state="ESTABLISHED")
         expect(s, "errnomon_tcp_resets_sent_total", 1, reason="TCP_STATE")
 
+        # orderly close of the other old connection: each side's FIN is its own
+        assert cli("close", "fin") == "OK"
+        assert srv("recv", "fin") == "EOF"
+        assert srv("close", "fin") == "OK"
+        expect(c, "errnomon_tcp_fins_sent_total", 1)
+        expect(s, "errnomon_tcp_fins_sent_total", 1)
+
         # a connection accepted after start-up from the listener that existed before: the listener's process
-        cli("connect", family, port)
-        assert srv("accept") == "OK"
-        assert srv("reset") == "OK"
-        assert cli("recv") == "ECONNRESET"
+        assert cli("connect", "new", family, port) == "OK"
+        assert srv("accept", "new") == "OK"
+        assert srv("reset", "new") == "OK"
+        assert cli("recv", "new") == "ECONNRESET"
         expect(s, "errnomon_tcp_resets_sent_total", 2, reason="TCP_STATE")
         expect(c, "errnomon_socket_errors_total", 2, errno="ECONNRESET", op="recv")
+        expect(c, "errnomon_socket_error_reports_total", 2, errno="ECONNRESET")
         expect(c, "errnomon_tcp_resets_received_total", 2, state="ESTABLISHED")
     finally:
         assert srv.stop() == 0 and cli.stop() == 0
