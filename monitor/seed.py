@@ -22,7 +22,6 @@ merged the way the programs merge listen() calls: one pid or pid 0, and the comm
 """
 
 import errno
-import logging
 import os
 import socket
 import struct
@@ -31,7 +30,6 @@ from collections import namedtuple
 
 from . import abi, bpfmap, cgroups
 
-log = logging.getLogger("errnomon.seed")
 
 # include/net/tcp_states.h
 TCP_ESTABLISHED, TCP_SYN_SENT, TCP_SYN_RECV, TCP_TIME_WAIT, TCP_CLOSE, TCP_LISTEN = 1, 2, 3, 6, 7, 10

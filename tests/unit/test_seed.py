@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from monitor import abi, cgroups, seed
+from monitor import cgroups, seed
 
 V4 = socket.AF_INET
 V6 = socket.AF_INET6
