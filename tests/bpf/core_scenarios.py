@@ -51,10 +51,13 @@ class Netns:
                        stderr=subprocess.DEVNULL)
 
 
-def _connect_all(rep, family: int, port: int, n: int, blocking: bool, syncnt: int | None, wait: float) -> None:
-    """n connection attempts to (loopback, port). Blocking: connect()'s errno is recorded. Non-blocking:
-    connect() must say EINPROGRESS; then poll() for the outcome and record getsockopt(SO_ERROR) as
-    "so_error" - what an event loop reads."""
+def _connect_all(rep, family: int, port: int, n: int, blocking: bool, syncnt: int | None, wait: float,
+                 spread: float = 0.0, cpu: int | None = None) -> None:
+    """n connection attempts to (loopback, port), `spread` seconds apart, on one CPU if given. Blocking:
+    connect()'s errno is recorded. Non-blocking: connect() must say EINPROGRESS; then poll() for the outcome
+    and record getsockopt(SO_ERROR) as "so_error" - what an event loop reads."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     host = sc._loopback(family)
     socks = []
     for _ in range(n):
@@ -70,9 +73,15 @@ def _connect_all(rep, family: int, port: int, n: int, blocking: bool, syncnt: in
         err = s.connect_ex((host, port))
         rep.record("connect", sc._errname(err), err not in (0, errno.EINPROGRESS))
         socks.append(s)
+        time.sleep(spread)
+    _await_outcomes(rep, socks, select.POLLOUT | select.POLLERR, wait)
+
+
+def _await_outcomes(rep, socks, events: int, wait: float) -> None:
+    """poll() each socket for `events`, then record its SO_ERROR ("so_error"); close them all."""
     p = select.poll()
     for s in socks:
-        p.register(s.fileno(), select.POLLOUT | select.POLLERR)
+        p.register(s.fileno(), events)
     pending = {s.fileno(): s for s in socks}
     deadline = time.monotonic() + wait
     while pending and time.monotonic() < deadline:
@@ -186,3 +195,83 @@ def aborting_clients(comm_prefix: str, family: int, n: int) -> dict:
         gone.close()
     return sc._result("aborting_clients", family, port, sc._loopback(family), procs, started)
 
+
+
+def _srv_forget(rep, family: int, n: int, accepted: sc._Event, done: sc._Event) -> None:
+    """Accept n connections and abort them with linger 0 (nftables drops those resets), keeping the
+    listener: the clients' next segments reach the listener, which answers each with a reset."""
+    ls = sc._listener(rep, family, backlog=max(16, n))
+    conns = [ls.accept()[0] for _ in range(n)]
+    for conn in conns:
+        sc._linger0(conn)
+        conn.close()
+    accepted.set()
+    sc._wait_event(done, "clients done", 30)
+    ls.close()
+
+
+def _cli_keepalive(rep, family: int, port: int, n: int, accepted: sc._Event) -> None:
+    """n idle connections probed by 1 s keepalive; SO_ERROR of each once it reports an error."""
+    socks = []
+    for _ in range(n):
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 1)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
+        sc._bound(s)
+        rep.call("connect", s.connect, (sc._loopback(family), port))
+        socks.append(s)
+    sc._wait_event(accepted, "server forgot", 10)
+    _await_outcomes(rep, socks, select.POLLERR | select.POLLHUP, 15.0)
+
+
+def listener_forgot(comm_prefix: str, family: int, n: int) -> dict:
+    """A server forgets n connections (its linger-0 resets are dropped) but keeps listening: each client's
+    keepalive probe is answered by the listener with a reset. Expected: cli so_error ECONNRESET n times."""
+    started = time.monotonic()
+    deadline = started + 30
+    procs = []
+    accepted, done = sc._Event(), sc._Event()
+    try:
+        with Netns() as ns:
+            try:
+                srv = sc._spawn("srv", comm_prefix, _srv_forget, family, n, accepted, done, netns=ns.name)
+                procs.append(srv)
+                port = sc._wait_info(srv, "port", deadline)
+                ns.add_rule("tcp sport %d tcp flags & (rst | ack) == (rst | ack) drop" % port)
+                cli = sc._spawn("cli", comm_prefix, _cli_keepalive, family, port, n, accepted, netns=ns.name)
+                procs.append(cli)
+                sc._finish([cli], deadline)
+                done.set()
+                sc._finish(procs, deadline)
+            except BaseException:
+                sc._abort(procs)
+                raise
+    finally:
+        accepted.close()
+        done.close()
+    return sc._result("listener_forgot", family, port, sc._loopback(family), procs, started)
+
+
+def syn_timeouts(comm_prefix: str, family: int, n: int, spread: float = 0.05, cpus=(0, 1)) -> dict:
+    """n connection attempts per CPU whose SYNs nftables drops in a private netns (TCP_SYNCNT 1): each ends
+    in the retransmission timer (timer softirq, on whatever the CPU was running) with ETIMEDOUT."""
+    started = time.monotonic()
+    procs = []
+    with Netns("tcp dport %d drop" % TIMEOUT_PORT) as ns:
+        try:
+            for cpu in cpus:
+                procs.append(sc._spawn("cli", comm_prefix, _connect_all, family, TIMEOUT_PORT, n, False, 1, 15.0,
+                                       spread, cpu, netns=ns.name))
+            sc._finish(procs, started + 40)
+        except BaseException:
+            sc._abort(procs)
+            raise
+    return {
+        "comms": {"cli": procs[0].info.get("comm")},
+        "port": TIMEOUT_PORT,
+        "remote": sc._loopback(family),
+        "so_errors": [res for p in procs for op, res in p.calls if op == "so_error"],
+        "unfinished": sum(p.info.get("unfinished", 0) for p in procs),
+        "errors": [p.error for p in procs if p.error],
+    }

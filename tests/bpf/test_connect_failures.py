@@ -77,3 +77,19 @@ def test_resets_sent_to_aborting_clients_make_one_series(daemon, family):
     expect(daemon, srv, "errnomon_socket_error_reports_total", (dict(peer, errno="ECONNRESET"), n))
     expect(daemon, srv, "errnomon_socket_errors_total", (dict(peer, errno="ECONNRESET", op="recv"), n))
     expect(daemon, srv, "errnomon_connect_failures_total")
+
+
+@FAMILIES
+def test_listener_resets_carry_the_peer(daemon, family):
+    """A server forgot n connections but still listens: the listener answers each client's keepalive probe
+    with a reset, labelled with the listener's comm and the client's address (not the listener's 0.0.0.0)."""
+    n = 3
+    r = core_scenarios.listener_forgot("lf%d" % family, family, n)
+    assert r["errnos"]["cli"] == ["ECONNRESET"] * n and r["info"]["cli"]["unfinished"] == 0
+    cli, srv, peer = r["comms"]["cli"], r["comms"]["srv"], dict(remote=r["remote"], port=str(r["port"]))
+    expect(daemon, srv, "errnomon_tcp_resets_sent_total",
+           (dict(peer, reason="TCP_STATE"), n),   # the forgotten connections' own aborts (linger 0)
+           (dict(peer, reason="TCP_FLAGS"), n))   # the listener's answers: an ACK to a listener (6.18's name)
+    expect(daemon, cli, "errnomon_tcp_resets_received_total", (dict(peer, state="ESTABLISHED"), n))
+    expect(daemon, cli, "errnomon_socket_error_reports_total", (dict(peer, errno="ECONNRESET"), n))
+    expect(daemon, cli, "errnomon_connect_failures_total")
