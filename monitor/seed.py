@@ -255,11 +255,11 @@ def plan(sockets, holder_of, process_of, ephemeral):
         if s.state == TCP_LISTEN or s.state in SKIPPED_STATES or not s.cookie:
             continue
         port, flags = service_port(s, listeners, ephemeral)
-        if flags == OWNER_CONNECTED and s.state != TCP_SYN_SENT:
+        if s.state != TCP_SYN_SENT:
             flags |= OWNER_ESTABLISHED  # past its handshake: an error now is not a failed connection attempt
         tgid = holder_of(s.inode) if s.inode else None
         info = process_of(tgid) if tgid else None
-        if info is None and port in listeners and flags == OWNER_ACCEPTED:
+        if info is None and port in listeners and flags & OWNER_ACCEPTED:
             # not accept()ed yet, closed by its program (orphaned), or its holder unreadable: as in the
             # programs, a child belongs to whoever listens on its port
             o = abi.Owner.from_buffer_copy(listeners[port].owner)

@@ -184,7 +184,10 @@ def as_tuple(o):
 
 
 LISTEN, ESTABLISHED, SYN_SENT, CLOSE_WAIT, FIN_WAIT1 = 10, 1, 2, 8, 4
-CONN, ACC, AMB = seed.OWNER_CONNECTED | seed.OWNER_ESTABLISHED, seed.OWNER_ACCEPTED, seed.OWNER_AMBIGUOUS
+# owners past their handshake are marked established, as the programs mark them on entering ESTABLISHED
+CONN = seed.OWNER_CONNECTED | seed.OWNER_ESTABLISHED
+ACC = seed.OWNER_ACCEPTED | seed.OWNER_ESTABLISHED
+AMB = seed.OWNER_AMBIGUOUS
 
 PLANS = [
     ("connected", [sock(ESTABLISHED, 45000, 5432, 1, 100)], {100: 20},
