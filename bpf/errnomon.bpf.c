@@ -49,11 +49,10 @@ BPF_ARRAY(settings, struct errnomon_settings, 1);
 
 /* Attribution state. LRU: an entry whose socket died unseen ages out instead of filling the map. */
 BPF_TABLE("lru_hash", u64, struct errnomon_owner, owners, MAX_SOCKETS);
-struct listener {
-    struct errnomon_owner owner;
-    u32 count;
-};
-BPF_TABLE("lru_hash", u16, struct listener, listeners, 4096);
+BPF_TABLE("lru_hash", u16, struct errnomon_listener, listeners, 4096);
+/* Owners of the sockets that existed before errnomon started, by socket cookie: written once at start-up
+ * (monitor/seed.py), read only when `owners` has no entry for a socket pointer (see owner_of). */
+BPF_TABLE("lru_hash", u64, struct errnomon_owner, seeded, MAX_SOCKETS);
 BPF_TABLE("lru_hash", u32, u64, connects, 16384);          /* tid -> sockaddr of connect() in flight */
 struct generated {
     u64 ns;      /* when: a pipe's SIGPIPE must not be taken for a later socket's */
@@ -131,11 +130,35 @@ static __always_inline void key_from_owner(struct errnomon_key *key, struct errn
     __builtin_memcpy(key->comm, o->comm, sizeof(key->comm));
 }
 
+/* A socket that existed before errnomon started: its seeded owner, found by the cookie errnomon's sock_diag
+ * dump generated (0 for a socket nobody asked the cookie of), moved into `owners`. */
+static __always_inline struct errnomon_owner *seeded_owner(void *sk)
+{
+#ifdef OFF_SOCK_COMMON_SKC_COOKIE
+    u64 cookie = 0, key = (u64)sk;
+    struct errnomon_owner *seed, o;
+
+    bpf_probe_read_kernel(&cookie, sizeof(cookie), sk + OFF_SOCK_COMMON_SKC_COOKIE);
+    if (!cookie)
+        return 0;
+    seed = seeded.lookup(&cookie);
+    if (!seed)
+        return 0;
+    o = *seed;
+    owners.update(&key, &o);
+    seeded.delete(&cookie);
+    return owners.lookup(&key);
+#else
+    return 0;
+#endif
+}
+
 /* Every lookup of a socket's owner goes through here. */
 static __always_inline struct errnomon_owner *owner_of(void *sk)
 {
     u64 key = (u64)sk;
-    return owners.lookup(&key);
+    struct errnomon_owner *o = owners.lookup(&key);
+    return o ? o : seeded_owner(sk);
 }
 
 static __always_inline int ephemeral(struct errnomon_settings *s, u16 port)
@@ -375,8 +398,8 @@ static __always_inline void owner_from_current(struct errnomon_owner *o)
 
 static __always_inline void listener_add(u16 port)
 {
-    struct listener *l = listeners.lookup(&port);
-    struct listener n = {};
+    struct errnomon_listener *l = listeners.lookup(&port);
+    struct errnomon_listener n = {};
     owner_from_current(&n.owner);
     n.count = 1;
     if (!l) {
@@ -399,7 +422,7 @@ static __always_inline void listener_add(u16 port)
 
 static __always_inline void listener_remove(u16 port)
 {
-    struct listener *l = listeners.lookup(&port);
+    struct errnomon_listener *l = listeners.lookup(&port);
     if (!l)
         return;
     if (l->count <= 1)
@@ -494,7 +517,7 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
 #endif
     if (old == TCP_LISTEN && new == TCP_SYN_RECV) {
         /* a child of a listener, born in softirq: it belongs to whoever listens on the port */
-        struct listener *l = listeners.lookup(&sport);
+        struct errnomon_listener *l = listeners.lookup(&sport);
         if (l)
             o = l->owner;
         o.flags |= OWNER_ACCEPTED;
@@ -634,7 +657,7 @@ RAW_TRACEPOINT_PROBE(tcp_send_reset)
     } else if (skb && peer_from_segment(&key, skb)) {
         /* a listener, or no socket: the peer is the segment's sender, not the listener's 0.0.0.0 */
         if (state == TCP_LISTEN) {
-            struct listener *l = listeners.lookup(&key.port);
+            struct errnomon_listener *l = listeners.lookup(&key.port);
             if (l) {
                 key.tgid = l->owner.tgid;
                 key.cgroup = l->owner.cgroup;

@@ -54,6 +54,13 @@ struct errnomon_owner {
     char comm[ERRNOMON_COMM_LEN];
 };
 
+/* Who listens on a local port (key: the port, host order). count: listening sockets on the port.
+ * Written by listen() in the programs and, for listeners that existed before errnomon started, by the daemon. */
+struct errnomon_listener {
+    struct errnomon_owner owner;
+    __u32 count;
+};
+
 /* Written by the daemon; read by the programs on error paths only. */
 #define COUNT_EAGAIN 1
 #define COUNT_EINTR 2

@@ -67,6 +67,10 @@ class Owner(ctypes.Structure):
     ]
 
 
+class Listener(ctypes.Structure):
+    _fields_ = [("owner", Owner), ("count", ctypes.c_uint32)]
+
+
 class Settings(ctypes.Structure):
     _fields_ = [("gen", ctypes.c_uint32), ("count_flags", ctypes.c_uint32), ("ephemeral_low", ctypes.c_uint16),
                 ("ephemeral_high", ctypes.c_uint16), ("pad", ctypes.c_uint32)]

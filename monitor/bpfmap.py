@@ -102,10 +102,12 @@ def lookup(fd, key, value_size):
     return None if err else vb.raw
 
 
-def update(fd, key, value):
+def update(fd, key, value, flags=0):
+    """flags: BPF_ANY (0), BPF_NOEXIST (1: fail with EEXIST if the key is there), BPF_EXIST (2)."""
     kb = ctypes.create_string_buffer(key, len(key))
     vb = ctypes.create_string_buffer(value, len(value))
-    err = _bpf(BPF_MAP_UPDATE_ELEM, _ElemAttr(map_fd=fd, key=ctypes.addressof(kb), value=ctypes.addressof(vb)))
+    err = _bpf(BPF_MAP_UPDATE_ELEM, _ElemAttr(map_fd=fd, key=ctypes.addressof(kb), value=ctypes.addressof(vb),
+                                              flags=flags))
     if err:
         raise OSError(err, "BPF_MAP_UPDATE_ELEM: " + os.strerror(err))
 

@@ -12,12 +12,31 @@ is then read from the task's systemd (name=systemd) v1 cgroup in /proc/<pid>/cgr
 """
 
 import os
+import re
 import threading
 import time
 
 MOUNTINFO = "/proc/self/mountinfo"
 PROC = "/proc"
 ROOT = "/"  # the label of the root cgroup
+
+
+def cgroup2_mount(mountinfo="/proc/self/mountinfo"):
+    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on a hybrid
+    host), or None. Its directories' inodes are the ids bpf_get_current_cgroup_id() returns."""
+    try:
+        with open(mountinfo) as f:
+            lines = f.readlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        # mount id, parent, dev, root, mount point, options, optional fields..., "-", fs type, source, ...
+        if "-" in fields:
+            sep = fields.index("-")
+            if sep + 1 < len(fields) and fields[sep + 1] == "cgroup2" and fields[3] == "/":
+                return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])  # \040: space
+    return None
 
 
 def unit_name(path):
@@ -128,17 +147,3 @@ class UnitResolver:
             self.pids[pid] = (unit, now)
             return unit
 
-
-def cgroup_id_of_pid(pid, mount=None, proc=PROC):
-    """A process's cgroup v2 id (what bpf_get_current_cgroup_id() returns for its tasks), or 0."""
-    mount = mount or cgroup2_mount()
-    if not mount:
-        return 0
-    try:
-        with open("%s/%d/cgroup" % (proc, pid)) as f:
-            for line in f:
-                if line.startswith("0::"):
-                    return os.stat(mount + line[3:].rstrip("\n")).st_ino
-    except OSError:
-        pass
-    return 0

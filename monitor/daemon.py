@@ -10,9 +10,9 @@ import time
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from . import abi, config as config_mod, decode, loader, sdnotify, web
+from . import abi, config as config_mod, decode, loader, sdnotify, seed, web
 from .aggregate import Aggregator
-from .cgroups import UnitResolver, cgroup_id_of_pid
+from .cgroups import UnitResolver
 from .collector import ErrnoCollector
 from .drain import Drain
 from .listen_queue import ListenQueues
@@ -169,17 +169,37 @@ class Daemon:
         attached = sum(self.programs.attached.values())
         log.info("attached %d of %d tracepoints in %.2fs", attached, len(self.programs.attached),
                  time.monotonic() - t0)
+        self.seed_owners()
         self.decoder = decode.Decoder(decode.reset_reasons(self.programs.formats.get("tcp:tcp_send_reset")))
         self.pods = PodResolver(self.config.pod_host_root)
         self.aggregator = Aggregator(self.config, unit_of=UnitResolver(), pod_of=self.pods.get)
         self.drain = Drain(self.programs, count_flags(self.config))
-        self.listen_queues = ListenQueues(cgroup_of=cgroup_id_of_pid)
+        self.listen_queues = ListenQueues()
         self.poll_listeners()  # the baseline: drops from before start-up are not ours
         self.registry.register(ErrnoCollector(self.aggregator, self._status))
         ProcessCollector(registry=self.registry)
         web.start(self.httpd)
         self.status("serving metrics on %s%s" % (self.listen_address, self.telemetry_path))
         sdnotify.notify("READY=1")
+
+    def seed_owners(self):
+        """After attaching (a socket opened meanwhile is the programs' own): the owners of existing sockets.
+        Never fatal: without them, those sockets' kernel-side events carry no process, as before."""
+        self.status("seeding the owners of existing sockets")
+        try:
+            r = seed.seed(self.programs.seeded_fd, self.programs.listeners_fd, self.programs.ephemeral)
+        except seed.SeedError as e:
+            log.warning("%s: sockets opened before errnomon started carry no process on kernel-side events", e)
+            return
+        log.info("seeded %d of %d existing TCP sockets (%d with their process) and %d listening ports in %.2fs",
+                 r.owners, r.sockets, r.attributed, r.listeners, r.seconds)
+        if r.owners > self.config.max_sockets:
+            log.warning("%d existing sockets but kernel.max_sockets is %d: the owners of the oldest were "
+                        "evicted; raise kernel.max_sockets", r.owners, self.config.max_sockets)
+        if r.denied:
+            log.warning("could not read the fd tables of %d processes (permission denied: errnomon needs root or "
+                        "CAP_SYS_PTRACE to see other users' sockets): their existing sockets carry no process "
+                        "on kernel-side events", r.denied)
 
     def _status(self):
         return {"attached": self.programs.attached, "drops": self.programs.drops(), "missed": self.programs.missed()}

@@ -17,6 +17,7 @@ import struct
 import threading
 from dataclasses import dataclass
 
+from . import cgroups, seed
 from .decode import Event
 
 log = logging.getLogger("errnomon.listen")
@@ -39,13 +40,6 @@ class Listener:
     drops: int       # sk_drops: connection attempts dropped since the socket was created
     queued: int      # connections waiting in the accept queue
     limit: int       # the accept queue's limit (listen() backlog, capped by net.core.somaxconn)
-
-
-@dataclass(frozen=True)
-class Owner:
-    pid: int
-    comm: str
-    cgroup: int
 
 
 def skmeminfo_drops(attr):
@@ -96,47 +90,19 @@ def network_namespaces(proc=PROC):
     return spaces
 
 
-def socket_inodes(pid, proc=PROC):
-    """Inodes of the sockets a process holds open."""
-    inodes = set()
-    fd_dir = "%s/%d/fd" % (proc, pid)
-    try:
-        names = os.listdir(fd_dir)
-    except OSError:
-        return inodes
-    for fd in names:
-        try:
-            target = os.readlink("%s/%s" % (fd_dir, fd))
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(int(target[8:-1]))
-    return inodes
-
-
-def process_owner(pid, cgroup_of, proc=PROC):
-    try:
-        with open("%s/%d/comm" % (proc, pid), "rb") as f:
-            comm = f.read().rstrip(b"\n")[:15].decode("utf-8", "replace")
-    except OSError:
-        return None
-    return Owner(pid=pid, comm=comm, cgroup=cgroup_of(pid))
-
-
 class ListenQueues:
     """Polls every listener's drop counter; turns increases into listen_drops events.
 
     A listener seen at the first poll starts from the value it had then (drops before errnomon started are
     not ours to report); one that appears later counts from zero. Its owner is the process holding its
-    inode, looked up once per listener (the lowest pid among those in its namespace that hold it)."""
+    inode, looked up once per listener the way seeding does it (monitor/seed.py: the oldest holder)."""
 
-    def __init__(self, cgroup_of=lambda pid: 0, dump=dump_listeners, spaces=network_namespaces,
-                 inodes_of=socket_inodes, owner_of=None):
-        self.cgroup_of = cgroup_of
+    def __init__(self, dump=dump_listeners, spaces=network_namespaces, holders=None, process_of=None):
+        cgroup2 = cgroups.cgroup2_mount()
         self.dump = dump
         self.spaces = spaces
-        self.inodes_of = inodes_of
-        self.owner_of = owner_of or (lambda pid: process_owner(pid, self.cgroup_of))
+        self.holders = holders or (lambda inodes: seed.socket_holders(inodes)[0])
+        self.process_of = process_of or (lambda tgid: seed.process(tgid, cgroup2))
         self.seen = {}      # (netns, cookie) -> [last drops, Owner or None]
         self.first = True
         self.own_netns = os.stat("/proc/self/ns/net").st_ino
@@ -171,14 +137,13 @@ class ListenQueues:
             raise error[0]
         return result
 
-    def _owner(self, listener, pids, holders):
-        for pid in sorted(pids):
-            inodes = holders.get(pid)
-            if inodes is None:
-                inodes = holders[pid] = self.inodes_of(pid)
-            if listener.inode in inodes:
-                return self.owner_of(pid)
-        return None
+    def _owners(self, listeners):
+        """{inode: Process or None} of listeners seen for the first time: one scan of /proc for all."""
+        if not listeners:
+            return {}
+        held = self.holders({l.inode for l in listeners})
+        return {l.inode: self.process_of(seed.pick_holder(held[l.inode])) if l.inode in held else None
+                for l in listeners}
 
     def poll(self):
         """[(Event, increase)] since the last poll."""
@@ -192,12 +157,12 @@ class ListenQueues:
                 # keep its listeners' last values: seen again, they must not count their history anew
                 current.update((k, v) for k, v in self.seen.items() if k[0] == netns)
                 continue
-            holders = {}
+            owners = self._owners([l for l in listeners if (netns, l.cookie) not in self.seen])
             for l in listeners:
                 key = (netns, l.cookie)
                 entry = self.seen.get(key)
                 if entry is None:
-                    entry = [l.drops if self.first else 0, self._owner(l, pids, holders)]
+                    entry = [l.drops if self.first else 0, owners[l.inode]]
                 current[key] = entry
                 owner = entry[1]
                 if l.drops > entry[0]:
@@ -211,6 +176,7 @@ class ListenQueues:
 
     @staticmethod
     def _event(owner, port):
-        return Event(metric="listen_drops", errno=None, op=None, comm=owner.comm if owner else "", remote=None,
-                     port=port, state=None, reason=None, action=None, pid=owner.pid if owner else 0,
+        return Event(metric="listen_drops", errno=None, op=None,
+                     comm=owner.comm.decode("utf-8", "replace") if owner else "", remote=None, port=port,
+                     state=None, reason=None, action=None, pid=owner.tgid if owner else 0,
                      cgroup=owner.cgroup if owner else 0)

@@ -153,6 +153,7 @@ def tracepoint_format(tracefs, probe):
 # (-DOFF_<STRUCT>_<MEMBER>=n), with what is lost without them.
 LAYOUT = {
     ("sock_common", "skc_v6_daddr"): "IPv6 peers of sockets without an owner entry are unknown (remote=\"\")",
+    ("sock_common", "skc_cookie"): "sockets opened before errnomon started keep no owner (only their listeners do)",
     ("sock", "sk_protocol"): "SCTP and DCCP state changes are taken for TCP's",
     ("sock", "sk_err"): "socket error reports and connect failures are not counted",
     ("sock", "sk_err_soft"): "connect failures whose ICMP error arrived while connect() held the socket are not counted",
@@ -225,7 +226,8 @@ def ephemeral_ports(path="/proc/sys/net/ipv4/ip_local_port_range"):
         return 0, 0
 
 
-MAPS = ("counts", "drops", "settings")  # the maps the daemon uses, in the order their fds are passed
+# the maps the daemon uses, in the order their fds are passed
+MAPS = ("counts", "drops", "settings", "seeded", "listeners")
 
 
 def probe_of_function(name):
@@ -247,7 +249,8 @@ class Programs:
     close() detaches."""
 
     def __init__(self, map_fds, attachment_fds, attached, formats, flags, prog_fds=None, ephemeral=(0, 0)):
-        self.counts_fd, self._drops_fd, self._settings_fd = (map_fds[name] for name in MAPS)
+        self.counts_fd, self._drops_fd, self._settings_fd = (map_fds[name] for name in MAPS[:3])
+        self.seeded_fd, self.listeners_fd = map_fds["seeded"], map_fds["listeners"]  # monitor/seed.py
         self.prog_fds = dict(prog_fds or {})  # probe name -> program fd
         self._fds = list(map_fds.values()) + list(attachment_fds) + list(self.prog_fds.values())
         self.attached = attached          # probe name -> bool

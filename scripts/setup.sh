@@ -45,7 +45,7 @@ apt_install() {
 installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
 in_apt()    { apt-cache show --no-all-versions "$1" >/dev/null 2>&1; }
 
-PKGS=(python3-bpfcc python3-venv python3-pip)
+PKGS=(python3-bpfcc python3-pyroute2 python3-venv python3-pip)
 [ "$MODE" = test ] && PKGS+=(nftables iproute2 bpftrace bpftool prometheus tmux gcc libc6-dev systemd
                               podman runc containerd mmdebstrap containernetworking-plugins)
 missing=()

@@ -31,7 +31,8 @@ def test_runs_without_btf_and_says_what_is_lost(tmp_path, monkeypatch):
     finally:
         rc = d.stop()
     assert rc == 0
-    lines = [line for line in d.output().splitlines() if "level=warn " in line]
+    # (not the seeding's warning about fd tables it may not read: that depends on the host's processes)
+    lines = [line for line in d.output().splitlines() if "level=warn " in line and "fd tables" not in line]
     assert len(lines) == 1 and "kernel BTF" in lines[0], lines
     for lost in ("IPv6 peers", "connect failures are not counted", "listeners"):
         assert lost in lines[0], lost

@@ -18,6 +18,7 @@ from monitor import abi
 STRUCTS = {
     "errnomon_key": abi.Key,
     "errnomon_owner": abi.Owner,
+    "errnomon_listener": abi.Listener,
     "errnomon_settings": abi.Settings,
 }
 

@@ -5,7 +5,8 @@ import struct
 import pytest
 
 from monitor import listen_queue
-from monitor.listen_queue import Listener, ListenQueues, Owner
+from monitor.listen_queue import Listener, ListenQueues
+from monitor.seed import Process
 
 
 def meminfo(drops):
@@ -32,9 +33,19 @@ class Host:
         self.fds = {}         # pid -> {inode}
         self.fail = set()     # netns whose dump raises
 
+    def holders(self, inodes):
+        """{inode: [pids holding it]} for the inodes asked about, as seed.socket_holders finds them."""
+        self.scans.append(sorted(inodes))
+        held = {}
+        for pid, fds in sorted(self.fds.items()):
+            for inode in fds & set(inodes):
+                held.setdefault(inode, []).append(pid)
+        return held
+
     def queues(self):
-        q = ListenQueues(dump=None, spaces=lambda: dict(self.pids), inodes_of=lambda pid: self.fds.get(pid, set()),
-                         owner_of=lambda pid: Owner(pid=pid, comm="p%d" % pid, cgroup=pid * 10))
+        self.scans = []
+        q = ListenQueues(dump=None, spaces=lambda: dict(self.pids), holders=self.holders,
+                         process_of=lambda pid: Process(tgid=pid, comm=b"p%d" % pid, cgroup=pid * 10))
         q.own_netns = -1  # every namespace goes through _dump_in's thread; replace the dump per namespace
         q._dump_in = self._dump_in
         return q
@@ -78,15 +89,14 @@ def test_a_listener_born_after_the_first_poll_counts_from_zero():
 def test_namespaces_are_kept_apart_and_owners_looked_up_once():
     h = Host()
     h.pids = {1: [10], 2: [20]}
-    h.fds = {10: {1001}, 20: {1001}}  # the same inode number cannot be in both, but the cookie keys apart
-    h.listeners = {1: [listener(1, 0)], 2: [listener(1, 0)]}
-    looked = []
+    h.fds = {10: {1001}, 20: {2001}}
+    # the same cookie in two namespaces (cookies are per host, but keys must not rely on it)
+    h.listeners = {1: [listener(1, 0)], 2: [listener(1, 0, inode=2001)]}
     q = h.queues()
-    q.inodes_of = lambda pid: looked.append(pid) or h.fds.get(pid, set())
     q.poll()
-    h.listeners = {1: [listener(1, 2)], 2: [listener(1, 7)]}
+    h.listeners = {1: [listener(1, 2)], 2: [listener(1, 7, inode=2001)]}
     assert increments(q.poll()) == [("p10", 8080, 10, 100, 2), ("p20", 8080, 20, 200, 7)]
-    assert sorted(looked) == [10, 20]
+    assert h.scans == [[1001], [2001]]  # one /proc scan per namespace with new listeners, none after
 
 
 def test_unowned_listener_counts_with_empty_comm():
