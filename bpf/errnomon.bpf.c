@@ -1,24 +1,24 @@
 /* errnomon: count the socket errors applications see, in the kernel, from tracepoints only.
  *
  * Rules that keep this correct on any kernel whose headers bcc happens to find:
- *  - read tracepoint fields; never dereference kernel structs beyond the head of struct sock_common
- *    (skc_daddr@0, skc_dport@12, skc_num@14, skc_family@16, skc_state@18);
+ *  - every program that counts or keeps attribution is a raw tracepoint: the kernel skips those only on
+ *    self-recursion, while perf-event tracepoints are skipped silently whenever another tracing program
+ *    runs on the CPU (bpf_prog_active). Arguments come from ctx->args in the tracepoint's prototype order;
+ *  - never dereference kernel structs beyond the head of struct sock_common (skc_daddr@0, skc_dport@12,
+ *    skc_num@14, skc_family@16, skc_state@18) except at an OFF_* offset the loader read from the running
+ *    kernel's BTF (never from the headers bcc found: they may be another kernel's);
  *  - events in softirq/timer context (RST received, error reports) are attributed through the owners map
  *    filled in process context, never to `current`;
  *  - the ret >= 0 path of send/recv returns at once: every process on the host pays for it.
  *
  * HAVE_<category>__<event> is defined by the loader for each tracepoint the running kernel has.
- * MAP_SIZE and MAX_SOCKETS size the maps.
+ * MAP_SIZE and MAX_SOCKETS size the maps. OFF_<STRUCT>_<FIELD>: byte offsets from BTF, absent without it.
  */
 #include <uapi/linux/ptrace.h>
 #include <linux/socket.h>
 #include <linux/in.h>
 #include <linux/in6.h>
 #include <linux/errno.h>
-
-/* The tcp_send_reset format names an enum that older kernel headers do not declare. */
-#define sk_rst_reason errnomon_rst_reason
-enum errnomon_rst_reason { ERRNOMON_RST_REASON_UNUSED };
 
 #include "errnomon.h"
 
@@ -30,6 +30,7 @@ enum errnomon_rst_reason { ERRNOMON_RST_REASON_UNUSED };
 #define TCP_CLOSE_WAIT 8
 #define TCP_LAST_ACK 9
 #define TCP_LISTEN 10
+#define TCP_NEW_SYN_RECV 12
 #define IPPROTO_TCP_NUM 6
 #define SIGPIPE_NUM 13
 #define SIGKILL_NUM 9
@@ -59,15 +60,6 @@ struct generated {
 };
 BPF_TABLE("lru_hash", u32, struct generated, sigpipe_generated, 4096); /* tid -> last SIGPIPE raised */
 BPF_TABLE("lru_hash", u32, struct errnomon_key, sigpipe_pending, 4096); /* tgid -> SIGPIPE awaiting delivery */
-
-/* The last socket to enter CLOSE on this CPU: inet_sk_error_report has no sk, and follows that transition. */
-struct closed {
-    u64 sk;
-    u16 sport;
-    u16 dport;
-    u16 family;
-};
-BPF_PERCPU_ARRAY(last_closed, struct closed, 1);
 
 static __always_inline struct errnomon_settings *get_settings(void)
 {
@@ -138,10 +130,29 @@ static __always_inline void key_from_owner(struct errnomon_key *key, struct errn
     __builtin_memcpy(key->comm, o->comm, sizeof(key->comm));
 }
 
-/* Without an owner entry, the service port is a guess: a local port some program listens on, else the lower. */
-static __always_inline u16 guess_service_port(u16 local, u16 remote)
+/* Every lookup of a socket's owner goes through here. */
+static __always_inline struct errnomon_owner *owner_of(void *sk)
 {
+    u64 key = (u64)sk;
+    return owners.lookup(&key);
+}
+
+static __always_inline int ephemeral(struct errnomon_settings *s, u16 port)
+{
+    return s && port >= s->ephemeral_low && port <= s->ephemeral_high;
+}
+
+/* Without an owner entry, the service port is a guess, never a port the kernel hands out to clients:
+ * a local port some program listens on; else the side that is not ephemeral; else the lower. */
+static __always_inline u16 service_port(u16 local, u16 remote)
+{
+    struct errnomon_settings *s;
     if (listeners.lookup(&local))
+        return local;
+    s = get_settings();
+    if (ephemeral(s, local))
+        return remote;
+    if (ephemeral(s, remote))
         return local;
     return remote < local ? remote : local;
 }
@@ -154,18 +165,46 @@ static __always_inline void copy_remote(u8 *dst, u16 family, const u8 *v4, const
         __builtin_memcpy(dst, v6, 16);
 }
 
-/* Remote and service port of a socket without an owner entry, from the head of sock_common
- * (IPv4 only: the IPv6 address lies beyond the part whose layout is stable). */
-static __always_inline void peer_from_sock_head(struct errnomon_key *key, void *sk, u16 family)
+/* Remote and service port of a socket without an owner entry: the head of sock_common, and the IPv6
+ * address at its BTF offset (without BTF an IPv6 peer stays unknown). */
+static __always_inline int sock_remote(u8 *dst, void *sk, u16 family)
+{
+    if (family == AF_INET) {
+        bpf_probe_read_kernel(dst, 4, sk);
+        return 1;
+    }
+#ifdef OFF_SOCK_COMMON_SKC_V6_DADDR
+    if (family == AF_INET6) {
+        bpf_probe_read_kernel(dst, 16, sk + OFF_SOCK_COMMON_SKC_V6_DADDR);
+        return 1;
+    }
+#endif
+    return 0;
+}
+
+static __always_inline void peer_from_sock(struct errnomon_key *key, void *sk, u16 family)
 {
     u16 dport = 0, lport = 0;
-    if (family != AF_INET)
+    if (!sock_remote(key->remote, sk, family))
         return;
-    bpf_probe_read_kernel(key->remote, 4, sk);
     bpf_probe_read_kernel(&dport, 2, sk + 12);
     bpf_probe_read_kernel(&lport, 2, sk + 14);
-    key->family = AF_INET;
-    key->port = guess_service_port(lport, ntohs(dport));
+    key->family = family;
+    key->port = service_port(lport, ntohs(dport));
+}
+
+static __always_inline u16 sock_family(void *sk)
+{
+    u16 family = 0;
+    bpf_probe_read_kernel(&family, sizeof(family), sk + 16);
+    return family;
+}
+
+static __always_inline u8 sock_state(void *sk)
+{
+    u8 state = 0;
+    bpf_probe_read_kernel(&state, sizeof(state), sk + 18);
+    return state;
 }
 
 /* ---- send / recv return paths: the hot path ---- */
@@ -198,21 +237,20 @@ static __always_inline int io_error(struct bpf_raw_tracepoint_args *ctx, int op)
 {
     void *sk = (void *)ctx->args[0];
     int err = countable(-(int)ctx->args[1]);
-    u16 family = 0;
-    u64 skp = (u64)sk;
+    u16 family;
     struct errnomon_key key = {};
     struct errnomon_owner *o;
 
     if (!err)
         return 0;
-    bpf_probe_read_kernel(&family, sizeof(family), sk + 16);
+    family = sock_family(sk);
     if (family != AF_INET && family != AF_INET6)
         return 0;
-    o = owners.lookup(&skp);
+    o = owner_of(sk);
     if (o) {
         key_from_owner(&key, o);
     } else {
-        peer_from_sock_head(&key, sk, family);
+        peer_from_sock(&key, sk, family);
     }
     /* the error is the application's: process context */
     key_from_current(&key);
@@ -369,81 +407,98 @@ static __always_inline void listener_remove(u16 port)
         l->count -= 1;
 }
 
-TRACEPOINT_PROBE(sock, inet_sock_set_state)
+/* inet_sock_set_state also fires for SCTP and DCCP sockets: only TCP's (and MPTCP subflows') count.
+ * Without BTF sk_protocol's place is unknown and every socket is taken for TCP (logged at start). */
+static __always_inline int is_tcp(void *sk)
 {
-    u64 sk = (u64)args->skaddr;
-    int old = args->oldstate, new = args->newstate;
+#ifdef OFF_SOCK_SK_PROTOCOL
+    SK_PROTOCOL_TYPE protocol = 0;
+    bpf_probe_read_kernel(&protocol, sizeof(protocol), sk + OFF_SOCK_SK_PROTOCOL);
+    return protocol == IPPROTO_TCP_NUM;
+#else
+    return 1;
+#endif
+}
+
+/* inet_sock_set_state(sk, oldstate, newstate) */
+RAW_TRACEPOINT_PROBE(inet_sock_set_state)
+{
+    void *sk = (void *)ctx->args[0];
+    int old = (int)ctx->args[1], new = (int)ctx->args[2];
+    u64 skp = (u64)sk;
+    u16 family, sport = 0, dport = 0;
     struct errnomon_owner o = {};
     struct errnomon_owner *known;
 
-    if (args->protocol != IPPROTO_TCP_NUM)
+    if (!is_tcp(sk))
         return 0;
+    family = sock_family(sk);
+    if (family != AF_INET && family != AF_INET6)
+        return 0;
+    bpf_probe_read_kernel(&sport, sizeof(sport), sk + 14);
+    bpf_probe_read_kernel(&dport, sizeof(dport), sk + 12);
+    dport = ntohs(dport);
 
     if (old == TCP_CLOSE && new == TCP_SYN_SENT) {
         /* inside connect(): current is the owner; the source port is not chosen yet */
         owner_from_current(&o);
         o.flags = OWNER_CONNECTED;
-        o.family = args->family;
-        o.port = args->dport;
-        copy_remote(o.remote, args->family, args->daddr, args->daddr_v6);
-        owners.update(&sk, &o);
+        o.port = dport;
+        if (sock_remote(o.remote, sk, family))
+            o.family = family;
+        owners.update(&skp, &o);
+        return 0;
+    }
+    if (old == TCP_SYN_SENT && new == TCP_ESTABLISHED) {
+        /* from here on an error is one of an established connection, not a failed attempt */
+        known = owner_of(sk);
+        if (known)
+            known->flags |= OWNER_ESTABLISHED;
         return 0;
     }
     if (old == TCP_LISTEN && new == TCP_SYN_RECV) {
         /* a child of a listener, born in softirq: it belongs to whoever listens on the port */
-        u16 port = args->sport;
-        struct listener *l = listeners.lookup(&port);
+        struct listener *l = listeners.lookup(&sport);
         if (l)
             o = l->owner;
         o.flags |= OWNER_ACCEPTED;
-        o.family = args->family;
-        o.port = port;
-        copy_remote(o.remote, args->family, args->daddr, args->daddr_v6);
-        owners.update(&sk, &o);
+        o.port = sport;
+        if (sock_remote(o.remote, sk, family))
+            o.family = family;
+        else
+            o.family = 0;
+        owners.update(&skp, &o);
         return 0;
     }
     if (old == TCP_CLOSE && new == TCP_LISTEN) {
-        listener_add(args->sport);
+        listener_add(sport);
         return 0;
     }
     if (old == TCP_LISTEN && new == TCP_CLOSE) {
-        listener_remove(args->sport);
+        listener_remove(sport);
         return 0;
     }
     if ((old == TCP_ESTABLISHED && new == TCP_FIN_WAIT1) || (old == TCP_CLOSE_WAIT && new == TCP_LAST_ACK) ||
         (old == TCP_SYN_RECV && new == TCP_FIN_WAIT1)) {
         /* tcp_send_fin() follows exactly these transitions */
         struct errnomon_key key = {};
-        known = owners.lookup(&sk);
-        if (known) {
+        known = owner_of(sk);
+        if (known)
             key_from_owner(&key, known);
-        } else {
-            key.family = args->family;
-            copy_remote(key.remote, args->family, args->daddr, args->daddr_v6);
-            key.port = guess_service_port(args->sport, args->dport);
-        }
+        else
+            peer_from_sock(&key, sk, family);
         count(&key, METRIC_TCP_FINS_SENT);
-        return 0;
-    }
-    if (new == TCP_CLOSE) {
-        int zero = 0;
-        struct closed *c = last_closed.lookup(&zero);
-        if (c) {
-            c->sk = sk;
-            c->sport = args->sport;
-            c->dport = args->dport;
-            c->family = args->family;
-        }
     }
     return 0;
 }
 #endif
 
 #ifdef HAVE_tcp__tcp_destroy_sock
-TRACEPOINT_PROBE(tcp, tcp_destroy_sock)
+/* tcp_destroy_sock(sk) */
+RAW_TRACEPOINT_PROBE(tcp_destroy_sock)
 {
     /* slab pointers are reused: forget the socket when it is freed */
-    u64 sk = (u64)args->skaddr;
+    u64 sk = ctx->args[0];
     owners.delete(&sk);
     return 0;
 }
@@ -451,56 +506,104 @@ TRACEPOINT_PROBE(tcp, tcp_destroy_sock)
 
 /* ---- resets ---- */
 
-#ifdef HAVE_tcp__tcp_receive_reset
-TRACEPOINT_PROBE(tcp, tcp_receive_reset)
+/* The labels of a kernel-side event on a socket: its owner's, else what the socket itself tells. */
+static __always_inline void key_from_sock(struct errnomon_key *key, void *sk, struct errnomon_owner *o)
 {
-    u64 sk = (u64)args->skaddr;
-    struct errnomon_key key = {};
-    struct errnomon_owner *o = owners.lookup(&sk);
-    u8 state = 0;
+    if (o)
+        key_from_owner(key, o);
+    else
+        peer_from_sock(key, sk, sock_family(sk));
+}
 
+#ifdef HAVE_tcp__tcp_receive_reset
+/* tcp_receive_reset(sk) */
+RAW_TRACEPOINT_PROBE(tcp_receive_reset)
+{
+    void *sk = (void *)ctx->args[0];
+    struct errnomon_key key = {};
+
+    key_from_sock(&key, sk, owner_of(sk));
     /* fires inside tcp_reset(), before the state changes: this is the state the RST hit */
-    bpf_probe_read_kernel(&state, sizeof(state), (void *)sk + 18);
-    if (o) {
-        key_from_owner(&key, o);
-    } else {
-        key.family = args->family;
-        copy_remote(key.remote, args->family, args->daddr, args->daddr_v6);
-        key.port = guess_service_port(args->sport, args->dport);
-    }
-    key.state = state;
+    key.state = sock_state(sk);
     count(&key, METRIC_TCP_RESETS_RECEIVED);
     return 0;
 }
 #endif
 
 #ifdef HAVE_tcp__tcp_send_reset
-TRACEPOINT_PROBE(tcp, tcp_send_reset)
+#define TCPHDR_SYN 0x02
+#define TCPHDR_ACK 0x10
+
+/* Remote address and service port from the segment a reset answers: skb->head + network/transport header. */
+static __always_inline int peer_from_segment(struct errnomon_key *key, void *skb)
 {
-    u64 sk = (u64)args->skaddr;
+#if defined(OFF_SK_BUFF_HEAD) && defined(OFF_SK_BUFF_NETWORK_HEADER) && defined(OFF_SK_BUFF_TRANSPORT_HEADER)
+    void *head = 0;
+    u16 nh = 0, th = 0, ports[2] = {};
+    u8 version = 0, flags = 0;
+
+    bpf_probe_read_kernel(&head, sizeof(head), skb + OFF_SK_BUFF_HEAD);
+    bpf_probe_read_kernel(&nh, sizeof(nh), skb + OFF_SK_BUFF_NETWORK_HEADER);
+    bpf_probe_read_kernel(&th, sizeof(th), skb + OFF_SK_BUFF_TRANSPORT_HEADER);
+    if (!head || nh == 0xffff || th == 0xffff)
+        return 0;
+    bpf_probe_read_kernel(&version, 1, head + nh);
+    version >>= 4;
+    if (version == 4) {
+        bpf_probe_read_kernel(key->remote, 4, head + nh + 12); /* iphdr.saddr */
+        key->family = AF_INET;
+    } else if (version == 6) {
+        bpf_probe_read_kernel(key->remote, 16, head + nh + 8); /* ipv6hdr.saddr */
+        key->family = AF_INET6;
+    } else {
+        return 0;
+    }
+    bpf_probe_read_kernel(ports, sizeof(ports), head + th);   /* tcphdr.source, dest */
+    bpf_probe_read_kernel(&flags, 1, head + th + 13);
+    ports[0] = ntohs(ports[0]);
+    ports[1] = ntohs(ports[1]);
+    if ((flags & (TCPHDR_SYN | TCPHDR_ACK)) == TCPHDR_SYN)
+        key->port = ports[1];  /* a SYN names the port it dials */
+    else
+        key->port = service_port(ports[1], ports[0]);
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* tcp_send_reset(sk, skb[, reason]): sk is NULL for a segment no socket wanted (6.10+), skb is NULL for
+ * a reset the socket sends on its own (abort, linger 0). */
+RAW_TRACEPOINT_PROBE(tcp_send_reset)
+{
+    void *sk = (void *)ctx->args[0];
+    void *skb = (void *)ctx->args[1];
     struct errnomon_key key = {};
     struct errnomon_owner *o = 0;
-    /* saddr/daddr hold a sockaddr_in or sockaddr_in6: local and remote, for sockets and bare segments alike */
-    struct sockaddr_in6 local = {}, remote = {};
+    u8 state = 0;
 
-    bpf_probe_read_kernel(&local, sizeof(local), args->saddr);
-    bpf_probe_read_kernel(&remote, sizeof(remote), args->daddr);
-    if (sk)
-        o = owners.lookup(&sk);
+    if (sk) {
+        o = owner_of(sk);
+        state = sock_state(sk);
+    }
     if (o) {
         key_from_owner(&key, o);
-    } else {
-        key.family = remote.sin6_family;
-        if (remote.sin6_family == AF_INET)
-            __builtin_memcpy(key.remote, &((struct sockaddr_in *)&remote)->sin_addr, 4);
-        else
-            __builtin_memcpy(key.remote, &remote.sin6_addr, 16);
-        /* no socket: a segment arrived for a port nobody serves, so the service port is ours */
-        key.port = sk ? guess_service_port(ntohs(local.sin6_port), ntohs(remote.sin6_port)) : ntohs(local.sin6_port);
+    } else if (skb && peer_from_segment(&key, skb)) {
+        /* a listener, or no socket: the peer is the segment's sender, not the listener's 0.0.0.0 */
+        if (state == TCP_LISTEN) {
+            struct listener *l = listeners.lookup(&key.port);
+            if (l) {
+                key.tgid = l->owner.tgid;
+                key.cgroup = l->owner.cgroup;
+                __builtin_memcpy(key.comm, l->owner.comm, sizeof(key.comm));
+            }
+        }
+    } else if (sk) {
+        peer_from_sock(&key, sk, sock_family(sk));
     }
-    key.state = args->state;
+    key.state = state;
 #ifdef HAVE_TCP_SEND_RESET_REASON
-    key.code = args->reason;
+    key.code = (u16)ctx->args[2];
 #endif
     count(&key, METRIC_TCP_RESETS_SENT);
     return 0;
@@ -509,31 +612,33 @@ TRACEPOINT_PROBE(tcp, tcp_send_reset)
 
 /* ---- errors the kernel records on sockets ---- */
 
-#ifdef HAVE_sock__inet_sk_error_report
-TRACEPOINT_PROBE(sock, inet_sk_error_report)
+#if defined(HAVE_sock__inet_sk_error_report) && defined(OFF_SOCK_SK_ERR)
+/* inet_sk_error_report(sk). A socket that never completed its handshake failed to connect: that goes to
+ * connect_failures; socket_error_reports keeps errors of established or accepted connections (and of
+ * sockets whose history is unknown). */
+RAW_TRACEPOINT_PROBE(inet_sk_error_report)
 {
+    void *sk = (void *)ctx->args[0];
     struct errnomon_key key = {};
-    struct errnomon_owner *o = 0;
-    struct closed *c;
-    int zero = 0;
+    struct errnomon_owner *o;
+    u16 family, dport = 0;
+    int err = 0;
 
-    /* spurious reports: error 0 after a failed connect, dport 0 when a SO_LINGER {1,0} socket closes */
-    if (args->error == 0 || args->dport == 0)
+    family = sock_family(sk);
+    if (family != AF_INET && family != AF_INET6)
         return 0;
-    c = last_closed.lookup(&zero);
-    if (c && c->sport == args->sport && c->dport == args->dport && c->family == args->family) {
-        u64 sk = c->sk;
-        o = owners.lookup(&sk);
-    }
-    if (o) {
-        key_from_owner(&key, o);
-    } else {
-        key.family = args->family;
-        copy_remote(key.remote, args->family, args->daddr, args->daddr_v6);
-        key.port = guess_service_port(args->sport, args->dport);
-    }
-    key.code = args->error;
-    count(&key, METRIC_SOCKET_ERROR_REPORTS);
+    bpf_probe_read_kernel(&err, sizeof(err), sk + OFF_SOCK_SK_ERR);
+    bpf_probe_read_kernel(&dport, sizeof(dport), sk + 12);
+    /* spurious reports: error 0 after a failed connect, dport 0 when a SO_LINGER {1,0} socket closes */
+    if (err <= 0 || dport == 0)
+        return 0;
+    o = owner_of(sk);
+    key_from_sock(&key, sk, o);
+    key.code = err;
+    if (o && (o->flags & (OWNER_CONNECTED | OWNER_ESTABLISHED)) == OWNER_CONNECTED)
+        count(&key, METRIC_CONNECT_FAILURES);
+    else
+        count(&key, METRIC_SOCKET_ERROR_REPORTS);
     return 0;
 }
 #endif
@@ -541,29 +646,33 @@ TRACEPOINT_PROBE(sock, inet_sk_error_report)
 /* ---- SIGPIPE ---- */
 
 #if defined(HAVE_signal__signal_generate) && defined(HAVE_signal__signal_deliver)
-TRACEPOINT_PROBE(signal, signal_generate)
+/* signal_generate(sig, info, task, group, result) */
+RAW_TRACEPOINT_PROBE(signal_generate)
 {
     u32 tid;
     struct generated g = {};
-    if (args->sig != SIGPIPE_NUM)
+    if ((int)ctx->args[0] != SIGPIPE_NUM)
+        return 0;
+    /* a socket write signals the writing thread itself; the EPIPE send that follows confirms it */
+    if (ctx->args[2] != bpf_get_current_task())
         return 0;
     tid = bpf_get_current_pid_tgid();
-    /* a socket write signals the writing thread itself; the EPIPE send that follows confirms it */
-    if (args->pid != tid)
-        return 0;
     g.ns = bpf_ktime_get_ns();
-    g.result = args->result;
+    g.result = (u32)ctx->args[4];
     sigpipe_generated.update(&tid, &g);
     return 0;
 }
 
-TRACEPOINT_PROBE(signal, signal_deliver)
+/* signal_deliver(sig, info, ka) */
+RAW_TRACEPOINT_PROBE(signal_deliver)
 {
+    int sig = (int)ctx->args[0];
     u32 tgid;
+    u64 handler = 0;
     struct errnomon_key *pending;
     struct errnomon_key key;
 
-    if (args->sig != SIGPIPE_NUM && args->sig != SIGKILL_NUM)
+    if (sig != SIGPIPE_NUM && sig != SIGKILL_NUM)
         return 0;
     tgid = bpf_get_current_pid_tgid() >> 32;
     pending = sigpipe_pending.lookup(&tgid);
@@ -571,10 +680,12 @@ TRACEPOINT_PROBE(signal, signal_deliver)
         return 0;
     key = *pending;
     sigpipe_pending.delete(&tgid);
+    /* ka->sa.sa_handler: the first member of k_sigaction and of sigaction on every architecture */
+    bpf_probe_read_kernel(&handler, sizeof(handler), (void *)ctx->args[2]);
     /* a fatal SIGPIPE is turned into a group-wide SIGKILL; a handled one arrives as itself */
-    if (args->sig == SIGPIPE_NUM && args->sa_handler > 1)
+    if (sig == SIGPIPE_NUM && handler > 1)
         key.code = SIGPIPE_HANDLED;
-    else if (args->sa_handler == 0)
+    else if (handler == 0)
         key.code = SIGPIPE_KILLED;
     else
         return 0;

@@ -42,6 +42,7 @@ struct errnomon_key {
 #define OWNER_CONNECTED 1 /* this host opened it: service port is the peer's */
 #define OWNER_ACCEPTED 2  /* accepted from a listener: service port is ours */
 #define OWNER_AMBIGUOUS 4 /* listeners of several programs share the port */
+#define OWNER_ESTABLISHED 8 /* the handshake completed: later errors are not connect failures */
 
 struct errnomon_owner {
     __u32 tgid;
@@ -61,6 +62,9 @@ struct errnomon_owner {
 struct errnomon_settings {
     __u32 gen;
     __u32 count_flags; /* COUNT_*: errnos that are normally dropped in the kernel */
+    __u16 ephemeral_low;  /* net.ipv4.ip_local_port_range: ports the kernel hands out to clients, */
+    __u16 ephemeral_high; /* never a service port */
+    __u32 pad;
 };
 
 /* metric field of the key; also the index into the drops array (counts lost to a full map). */
@@ -70,6 +74,7 @@ struct errnomon_settings {
 #define METRIC_TCP_RESETS_SENT 3
 #define METRIC_TCP_FINS_SENT 4
 #define METRIC_SIGPIPE 5
-#define METRICS 6
+#define METRIC_CONNECT_FAILURES 6
+#define METRICS 7
 
 #endif

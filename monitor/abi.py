@@ -34,7 +34,7 @@ COUNT_FLAGS = {"EAGAIN": DEFINES["COUNT_EAGAIN"], "EINTR": DEFINES["COUNT_EINTR"
 # Metric of a key, by its METRIC_* number; the names are those of the exported metrics without
 # the errnomon_ prefix and _total suffix.
 METRICS = ("socket_errors", "socket_error_reports", "tcp_resets_received", "tcp_resets_sent",
-           "tcp_fins_sent", "sigpipe")
+           "tcp_fins_sent", "sigpipe", "connect_failures")
 assert [DEFINES["METRIC_" + m.upper()] for m in METRICS] == list(range(DEFINES["METRICS"]))
 
 
@@ -68,7 +68,8 @@ class Owner(ctypes.Structure):
 
 
 class Settings(ctypes.Structure):
-    _fields_ = [("gen", ctypes.c_uint32), ("count_flags", ctypes.c_uint32)]
+    _fields_ = [("gen", ctypes.c_uint32), ("count_flags", ctypes.c_uint32), ("ephemeral_low", ctypes.c_uint16),
+                ("ephemeral_high", ctypes.c_uint16), ("pad", ctypes.c_uint32)]
 
 
 GEN_OFFSET = Key.gen.offset

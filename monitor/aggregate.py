@@ -12,6 +12,7 @@ METRIC_LABELS = {
     "tcp_resets_sent": ("comm", "remote", "port", "reason"),
     "tcp_fins_sent": ("comm", "remote", "port"),
     "sigpipe": ("comm", "action"),
+    "connect_failures": ("errno", "comm", "remote", "port"),
 }
 OTHER = "other"
 # Labels whose values are not from a small fixed set: folded to "other" when even the overflow is full.

@@ -1,4 +1,5 @@
-"""Batch reads and deletes on a BPF hash map by file descriptor, through the bpf(2) system call.
+"""Batch reads and deletes on a BPF hash map by file descriptor, through the bpf(2) system call; and the
+kernel's run statistics of a program (bpf_prog_info).
 
 bcc's own batch helpers allocate max_entries keys and values on every call; a drain runs twice a second,
 so this keeps one buffer per map and reuses it. Falls back to one-by-one iteration on kernels without
@@ -19,6 +20,7 @@ BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
 BPF_MAP_GET_NEXT_KEY = 4
+BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_MAP_LOOKUP_BATCH = 24
 BPF_MAP_DELETE_BATCH = 27
 
@@ -32,6 +34,49 @@ class _BatchAttr(ctypes.Structure):
     _fields_ = [("in_batch", ctypes.c_uint64), ("out_batch", ctypes.c_uint64), ("keys", ctypes.c_uint64),
                 ("values", ctypes.c_uint64), ("count", ctypes.c_uint32), ("map_fd", ctypes.c_uint32),
                 ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+
+
+class _InfoAttr(ctypes.Structure):
+    _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32), ("info", ctypes.c_uint64)]
+
+
+class ProgInfo(ctypes.Structure):
+    """struct bpf_prog_info of include/uapi/linux/bpf.h up to recursion_misses (Linux 5.12). The kernel
+    fills only as much as it knows and as info_len allows; tests/unit/test_abi.py checks the offsets."""
+    _fields_ = [
+        ("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("tag", ctypes.c_uint8 * 8),
+        ("jited_prog_len", ctypes.c_uint32), ("xlated_prog_len", ctypes.c_uint32),
+        ("jited_prog_insns", ctypes.c_uint64), ("xlated_prog_insns", ctypes.c_uint64),
+        ("load_time", ctypes.c_uint64), ("created_by_uid", ctypes.c_uint32), ("nr_map_ids", ctypes.c_uint32),
+        ("map_ids", ctypes.c_uint64), ("name", ctypes.c_char * 16), ("ifindex", ctypes.c_uint32),
+        ("gpl_compatible", ctypes.c_uint32), ("netns_dev", ctypes.c_uint64), ("netns_ino", ctypes.c_uint64),
+        ("nr_jited_ksyms", ctypes.c_uint32), ("nr_jited_func_lens", ctypes.c_uint32),
+        ("jited_ksyms", ctypes.c_uint64), ("jited_func_lens", ctypes.c_uint64), ("btf_id", ctypes.c_uint32),
+        ("func_info_rec_size", ctypes.c_uint32), ("func_info", ctypes.c_uint64),
+        ("nr_func_info", ctypes.c_uint32), ("nr_line_info", ctypes.c_uint32), ("line_info", ctypes.c_uint64),
+        ("jited_line_info", ctypes.c_uint64), ("nr_jited_line_info", ctypes.c_uint32),
+        ("line_info_rec_size", ctypes.c_uint32), ("jited_line_info_rec_size", ctypes.c_uint32),
+        ("nr_prog_tags", ctypes.c_uint32), ("prog_tags", ctypes.c_uint64), ("run_time_ns", ctypes.c_uint64),
+        ("run_cnt", ctypes.c_uint64), ("recursion_misses", ctypes.c_uint64),
+    ]
+
+
+def prog_info(fd):
+    """The kernel's bpf_prog_info of a program fd, and how many bytes of it the kernel filled."""
+    info = ProgInfo()
+    attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
+    err = _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+    if err:
+        raise OSError(err, "BPF_OBJ_GET_INFO_BY_FD: " + os.strerror(err))
+    return info, attr.info_len
+
+
+def recursion_misses(fd):
+    """Runs of the program the kernel skipped because it would have nested (None before Linux 5.12)."""
+    info, filled = prog_info(fd)
+    if filled < ProgInfo.recursion_misses.offset + 8:
+        return None
+    return info.recursion_misses
 
 
 def _bpf(cmd, attr):

@@ -8,17 +8,21 @@ from . import __version__
 
 HELP = {
     "socket_errors": "Errors that socket system calls returned to applications (op: send, recv, connect, accept).",
-    "socket_error_reports": "Errors the kernel recorded on a socket (inet_sk_error_report), attributed to its owner.",
+    "socket_error_reports": "Errors the kernel recorded on an established or accepted connection "
+                            "(inet_sk_error_report), attributed to its owner.",
     "tcp_resets_received": "TCP resets received, by the TCP state the connection was in when the RST arrived.",
     "tcp_resets_sent": "TCP resets sent, by the kernel's reset reason; comm is empty when no process owns the socket.",
     "tcp_fins_sent": "Orderly TCP closes (FINs sent): the denominator of reset ratios.",
     "sigpipe": "SIGPIPE raised by socket writes, by what it did to the process (killed, handled, ignored).",
+    "connect_failures": "TCP connection attempts that failed before the handshake completed, blocking or not, "
+                        "by errno; port is the port dialled.",
 }
 
 
 class ErrnoCollector:
     def __init__(self, aggregator, status):
-        """status: a callable returning {'attached': {probe: bool}, 'drops': {metric: n}}."""
+        """status: a callable returning {'attached': {probe: bool}, 'drops': {metric: n},
+        'missed': {probe: n}}."""
         self.aggregator = aggregator
         self.status = status
 
@@ -40,6 +44,14 @@ class ErrnoCollector:
         for probe, ok in sorted(status["attached"].items()):
             attached.add_metric([probe], 1 if ok else 0)
         yield attached
+
+        missed = CounterMetricFamily("errnomon_probe_missed",
+                                     "Runs of the BPF program on this tracepoint that the kernel skipped because "
+                                     "another BPF program was running on the CPU (bpf_prog_info.recursion_misses): "
+                                     "events lost uncounted.", labels=["probe"])
+        for probe, n in sorted(status.get("missed", {}).items()):
+            missed.add_metric([probe], n)
+        yield missed
 
         dropped = CounterMetricFamily("errnomon_dropped",
                                       "Counts lost because a kernel map was full (raise kernel.map_size).",

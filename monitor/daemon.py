@@ -67,7 +67,7 @@ class Daemon:
         sdnotify.notify("READY=1")
 
     def _status(self):
-        return {"attached": self.programs.attached, "drops": self.programs.drops()}
+        return {"attached": self.programs.attached, "drops": self.programs.drops(), "missed": self.programs.missed()}
 
     def drain_once(self):
         events = self.drain()

@@ -13,6 +13,8 @@ AF_INET, AF_INET6 = 2, 10
 TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
               7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING", 12: "NEW_SYN_RECV"}
 
+ERRNO_METRICS = ("socket_errors", "socket_error_reports", "connect_failures")
+
 Event = namedtuple("Event", "metric errno op comm remote port state reason action pid cgroup")
 
 
@@ -51,7 +53,7 @@ class Decoder:
         metric = abi.METRICS[key.metric]
         return Event(
             metric=metric,
-            errno=errno_name(key.code) if metric in ("socket_errors", "socket_error_reports") else None,
+            errno=errno_name(key.code) if metric in ERRNO_METRICS else None,
             op=abi.OPS.get(key.op, "unknown") if metric == "socket_errors" else None,
             comm=key.comm.decode("utf-8", "replace"),
             remote=remote_address(key.family, key.remote),

@@ -17,7 +17,7 @@ import socket
 import struct
 import subprocess
 
-from . import abi, bpfmap
+from . import abi, bpfmap, btf
 
 log = logging.getLogger("errnomon.loader")
 
@@ -36,11 +36,20 @@ PROBES = {
     "tcp:tcp_destroy_sock": "the socket owner table relies on LRU eviction alone",
     "tcp:tcp_receive_reset": "resets received are not counted",
     "tcp:tcp_send_reset": "resets sent are not counted",
-    "sock:inet_sk_error_report": "socket error reports are not counted (needs Linux 5.14)",
+    "sock:inet_sk_error_report": "socket error reports and connect failures are not counted (needs Linux 5.14 "
+                                 "and kernel BTF)",
     "signal:signal_generate": "SIGPIPE is not counted",
     "signal:signal_deliver": "SIGPIPE is not counted",
 }
-RAW_TRACEPOINTS = {"sock:sock_send_length", "sock:sock_recv_length"}  # attached raw: the cheapest hot path
+SYSCALL_PROBES = {p for p in PROBES if p.startswith("syscalls:")}
+# Everything but the syscalls is attached raw: the kernel skips a raw tracepoint program only when it would
+# recurse into itself, while a perf-event one is skipped silently whenever another tracing program is
+# running on that CPU. There is no raw tracepoint per system call, so those stay perf-event ones (opt-in).
+RAW_TRACEPOINTS = set(PROBES) - SYSCALL_PROBES
+# Arguments each raw program reads from ctx->args: a kernel whose prototype (BTF) has fewer is not attached.
+RAW_ARITY = {"sock:sock_send_length": 2, "sock:sock_recv_length": 2, "sock:inet_sock_set_state": 3,
+             "tcp:tcp_destroy_sock": 1, "tcp:tcp_receive_reset": 1, "tcp:tcp_send_reset": 2,
+             "sock:inet_sk_error_report": 1, "signal:signal_generate": 5, "signal:signal_deliver": 3}
 # Probes compiled only as a pair; missing one disables both.
 PAIRS = (("syscalls:sys_enter_connect", "syscalls:sys_exit_connect"),
          ("signal:signal_generate", "signal:signal_deliver"))
@@ -132,32 +141,114 @@ def tracepoint_format(tracefs, probe):
         return None
 
 
-def compile_flags(available, formats, map_size, max_sockets):
+# Struct members beyond the stable head of sock_common, read at their offset in the running kernel's BTF
+# (-DOFF_<STRUCT>_<MEMBER>=n), with what is lost without them.
+LAYOUT = {
+    ("sock_common", "skc_v6_daddr"): "IPv6 peers of sockets without an owner entry are unknown (remote=\"\")",
+    ("sock", "sk_protocol"): "SCTP and DCCP state changes are taken for TCP's",
+    ("sock", "sk_err"): "socket error reports and connect failures are not counted",
+    ("sk_buff", "head"): "resets sent by listeners and for no socket carry the listener's address, not the peer's",
+    ("sk_buff", "network_header"): None,
+    ("sk_buff", "transport_header"): None,
+}
+STABLE_HEAD = {"skc_daddr": 0, "skc_dport": 12, "skc_num": 14, "skc_family": 16, "skc_state": 18}
+NEEDS_LAYOUT = {"sock:inet_sk_error_report": ("sock", "sk_err")}
+
+
+def layout_flags(kernel_btf):
+    """-D flags for the offsets the programs need, from the running kernel's BTF (None: no BTF).
+
+    Returns (flags, [what is lost])."""
+    lost = []
+    if kernel_btf is None:
+        return [], [what for what in LAYOUT.values() if what]
+    head = {f: kernel_btf.member_offset("sock_common", f) for f in STABLE_HEAD}
+    if head != STABLE_HEAD:
+        raise LoadError("struct sock_common starts differently on this kernel (%s): errnomon cannot read its "
+                        "sockets; please report the kernel version" % head)
+    flags = []
+    for (struct_name, member), what in LAYOUT.items():
+        m = kernel_btf.member(struct_name, member)
+        size = m and kernel_btf.type_size(m.type)
+        if m is None or m.bit_offset % 8 or (m.bitfield_size and m.bitfield_size != 8) or size not in (1, 2, 4, 8, 16):
+            if what:
+                lost.append(what)
+            continue
+        flags.append("-DOFF_%s_%s=%d" % (struct_name.upper(), member.upper(), m.bit_offset // 8))
+        if member == "sk_protocol":
+            flags.append("-DSK_PROTOCOL_TYPE=%s" % ("u8" if m.bitfield_size or size == 1 else "u16"))
+    return flags, lost
+
+
+def compile_flags(available, formats, map_size, max_sockets, layout=(), send_reset_arity=None):
+    """send_reset_arity: arguments of the tcp_send_reset raw tracepoint per BTF (None: unknown)."""
     flags = ["-I" + abi.BPF_DIR, "-DMAP_SIZE=%d" % map_size, "-DMAX_SOCKETS=%d" % max_sockets,
              "-w"]  # the generic headers bcc may be given warn by the hundred; errors still show
     for probe in sorted(available):
         flags.append("-DHAVE_" + probe.replace(":", "__"))
-    reset_fmt = formats.get("tcp:tcp_send_reset") or ""
-    if re.search(r"field:[^;]*\breason;", reset_fmt):
+    flags.extend(layout)
+    if send_reset_arity is None:  # without BTF: the format file has the field from 6.10, as the argument
+        reset_fmt = formats.get("tcp:tcp_send_reset") or ""
+        has_reason = bool(re.search(r"field:[^;]*\breason;", reset_fmt))
+    else:
+        has_reason = send_reset_arity >= 3
+    if has_reason:
         flags.append("-DHAVE_TCP_SEND_RESET_REASON")
     return flags
+
+
+def ephemeral_ports(path="/proc/sys/net/ipv4/ip_local_port_range"):
+    """(low, high) of the ports the kernel hands out to clients; (0, 0) when unreadable (no port is taken
+    for ephemeral, as before this was known)."""
+    try:
+        with open(path) as f:
+            low, high = (int(x) for x in f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        log.warning("cannot read %s: service ports of unattributed sockets are guessed from listeners only", path)
+        return 0, 0
 
 
 MAPS = ("counts", "drops", "settings")  # the maps the daemon uses, in the order their fds are passed
 
 
+def probe_of_function(name):
+    """The probe a bcc function name belongs to: raw_tracepoint__tcp_send_reset -> tcp:tcp_send_reset."""
+    if name.startswith("raw_tracepoint__"):
+        event = name[len("raw_tracepoint__"):]
+        for probe in RAW_TRACEPOINTS:
+            if probe.split(":")[1] == event:
+                return probe
+    elif name.startswith("tracepoint__"):
+        return name[len("tracepoint__"):].replace("__", ":", 1)
+    return None
+
+
 class Programs:
-    """The attached programs, as file descriptors: maps to read and write, attachments to hold.
+    """The attached programs, as file descriptors: maps to read and write, programs to ask for their
+    miss counts, attachments to hold.
 
     close() detaches."""
 
-    def __init__(self, map_fds, attachment_fds, attached, formats, flags):
+    def __init__(self, map_fds, attachment_fds, attached, formats, flags, prog_fds=None, ephemeral=(0, 0)):
         self.counts_fd, self._drops_fd, self._settings_fd = (map_fds[name] for name in MAPS)
-        self._fds = list(map_fds.values()) + list(attachment_fds)
+        self.prog_fds = dict(prog_fds or {})  # probe name -> program fd
+        self._fds = list(map_fds.values()) + list(attachment_fds) + list(self.prog_fds.values())
         self.attached = attached          # probe name -> bool
         self.formats = formats            # probe name -> format file text (None if missing)
         self.flags = flags
+        self.ephemeral = ephemeral
         self._cpus = bpfmap.possible_cpus()
+
+    def missed(self):
+        """Cumulative runs the kernel skipped, per probe (bpf_prog_info.recursion_misses, Linux 5.12+;
+        probes whose kernel does not report it are left out)."""
+        out = {}
+        for probe, fd in sorted(self.prog_fds.items()):
+            n = bpfmap.recursion_misses(fd)
+            if n is not None:
+                out[probe] = n
+        return out
 
     def drops(self):
         """Cumulative increments lost to a full counts map, per metric, summed over CPUs."""
@@ -168,7 +259,9 @@ class Programs:
         return out
 
     def write_settings(self, gen, count_flags):
-        bpfmap.update(self._settings_fd, struct.pack("i", 0), bytes(abi.Settings(gen=gen, count_flags=count_flags)))
+        low, high = self.ephemeral
+        settings = abi.Settings(gen=gen, count_flags=count_flags, ephemeral_low=low, ephemeral_high=high)
+        bpfmap.update(self._settings_fd, struct.pack("i", 0), bytes(settings))
 
     def close(self):
         for fd in self._fds:
@@ -184,34 +277,59 @@ def preflight():
     return find_tracefs()
 
 
-SYSCALL_PROBES = {p for p in PROBES if p.startswith("syscalls:")}
-
-
-def available_probes(bcc, excluded=()):
-    # Raw tracepoints (Linux 4.17) predate the raw probes' tracepoints (6.3): tracepoint_exists() suffices.
+def available_probes(bcc, excluded=(), kernel_btf=None, layout=()):
+    # Raw tracepoints (Linux 4.17) predate every tracepoint used raw here but tcp_destroy_sock and
+    # tcp_*_reset (4.15): tracepoint_exists() suffices on the kernels errnomon supports.
     # Not bcc's BPF.support_raw_tracepoint(): it reads /proc/kallsyms addresses, which need euid 0 and
     # CAP_SYSLOG, are zeroed by kptr_restrict=2 and hidden by systemd's ProtectKernelTunables=.
     available = {p for p in PROBES if p not in excluded and bcc.BPF.tracepoint_exists(*p.split(":"))}
+    return usable_probes(available, kernel_btf, layout)
+
+
+def usable_probes(available, kernel_btf=None, layout=()):
+    """Of the tracepoints the kernel has, those the programs can attach to: prototype (when BTF tells it)
+    and needed offsets present, pairs complete."""
+    available = set(available)
+    if kernel_btf is not None:
+        for probe in sorted(available & RAW_TRACEPOINTS):
+            proto = kernel_btf.tracepoint_proto(probe.split(":")[1])
+            if proto is not None and len(proto) < RAW_ARITY[probe]:
+                log.warning("raw tracepoint %s has %d arguments on this kernel, errnomon reads %d: not attached",
+                            probe, len(proto), RAW_ARITY[probe])
+                available.discard(probe)
+    for probe, (struct_name, member) in NEEDS_LAYOUT.items():
+        if "-DOFF_%s_%s" % (struct_name.upper(), member.upper()) not in {f.split("=")[0] for f in layout}:
+            available.discard(probe)
     for a, b in PAIRS:
         if not (a in available and b in available):
             available -= {a, b}
     return available
 
 
-def _compile_and_attach(sock, formats, map_size, max_sockets, excluded):
-    """In the child: everything bcc. Sends {'available', 'flags'} or {'error'} and the fds."""
+def send_reset_arity(kernel_btf):
+    proto = kernel_btf.tracepoint_proto("tcp_send_reset") if kernel_btf is not None else None
+    return None if proto is None else len(proto)
+
+
+def _compile_and_attach(sock, formats, map_size, max_sockets, excluded, layout, arity):
+    """In the child: everything bcc. Sends {'available', 'flags', 'programs'} or {'error'} and the fds."""
     try:
         bcc = import_bcc()
-        available = available_probes(bcc, excluded)
-        flags = compile_flags(available, formats, map_size, max_sockets)
+        kernel_btf = btf.BTF.load()
+        available = available_probes(bcc, excluded, kernel_btf, layout)
+        flags = compile_flags(available, formats, map_size, max_sockets, layout, arity)
         try:
             bpf = bcc.BPF(src_file=SOURCE.encode(), cflags=flags)
         except Exception as e:  # bcc raises bare Exception on compile or attach failure
             raise LoadError("compiling or attaching the BPF programs failed (%s): the compiler's messages are "
                             "above; check the kernel headers bcc uses (make setup)" % e)
         attachments = list(bpf.tracepoint_fds.values()) + list(bpf.raw_tracepoint_fds.values())
-        fds = [bpf[name].get_fd() for name in MAPS] + attachments
-        message = {"available": sorted(available), "flags": flags}
+        programs = sorted((probe_of_function(name.decode() if isinstance(name, bytes) else name), fn.fd)
+                          for name, fn in bpf.funcs.items())
+        programs = [(probe, fd) for probe, fd in programs if probe]
+        fds = [bpf[name].get_fd() for name in MAPS] + attachments + [fd for _, fd in programs]
+        message = {"available": sorted(available), "flags": flags, "programs": [p for p, _ in programs],
+                   "attachments": len(attachments)}
     except LoadError as e:
         fds, message = [], {"error": str(e)}
     except Exception as e:  # anything else must still reach the parent as one line
@@ -224,14 +342,21 @@ def load(tracefs, map_size, max_sockets, syscall_tracepoints=False, print_only=F
     (those are then neither attached nor reported as probes). tracefs: what preflight() returned."""
     formats = {p: tracepoint_format(tracefs, p) for p in PROBES}
     excluded = set() if syscall_tracepoints else SYSCALL_PROBES
+    kernel_btf = btf.BTF.load()
+    layout, lost = layout_flags(kernel_btf)
+    arity = send_reset_arity(kernel_btf)
     if print_only:
-        return compile_flags(available_probes(import_bcc(), excluded), formats, map_size, max_sockets)
+        available = available_probes(import_bcc(), excluded, kernel_btf, layout)
+        return compile_flags(available, formats, map_size, max_sockets, layout, arity)
+    if lost:
+        log.warning("kernel BTF (%s) is missing or lacks members errnomon reads: %s", btf.VMLINUX, "; ".join(lost))
+    del kernel_btf  # the child reads it again; the daemon keeps none of it
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child's work is checked by every BPF test
         parent.close()
         try:
-            _compile_and_attach(child, formats, map_size, max_sockets, excluded)
+            _compile_and_attach(child, formats, map_size, max_sockets, excluded, layout, arity)
         finally:
             os._exit(0)  # no cleanup: bcc would detach what the parent now holds
     child.close()
@@ -251,5 +376,7 @@ def load(tracefs, map_size, max_sockets, syscall_tracepoints=False, print_only=F
     if excluded:
         log.info("syscall tracepoints off (kernel.syscall_tracepoints): %s", PROBES["syscalls:sys_exit_connect"])
     map_fds = dict(zip(MAPS, fds[:len(MAPS)]))
+    n = len(MAPS) + message["attachments"]
+    prog_fds = dict(zip(message["programs"], fds[n:]))
     attached = {p: p in available for p in PROBES if p not in excluded}
-    return Programs(map_fds, fds[len(MAPS):], attached, formats, message["flags"])
+    return Programs(map_fds, fds[len(MAPS):n], attached, formats, message["flags"], prog_fds, ephemeral_ports())

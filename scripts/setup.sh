@@ -74,7 +74,7 @@ apt_install_no_services() {
 }
 
 PKGS=(python3-bpfcc python3-venv python3-pip)
-[ "$MODE" = test ] && PKGS+=(nftables iproute2 bpftrace prometheus tmux gcc libc6-dev systemd)
+[ "$MODE" = test ] && PKGS+=(nftables iproute2 bpftrace bpftool prometheus tmux gcc libc6-dev systemd)
 missing=()
 for p in "${PKGS[@]}"; do installed "$p" || missing+=("$p"); done
 [ "${#missing[@]}" -eq 0 ] || apt_install "${missing[@]}"

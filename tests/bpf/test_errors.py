@@ -16,7 +16,7 @@ pytestmark = pytest.mark.bpf
 
 ERROR_METRICS = ("errnomon_socket_errors_total", "errnomon_socket_error_reports_total",
                  "errnomon_tcp_resets_received_total", "errnomon_tcp_resets_sent_total",
-                 "errnomon_sigpipe_total")
+                 "errnomon_sigpipe_total", "errnomon_connect_failures_total")
 
 
 def expect(daemon, comm, metric, *series):
@@ -72,7 +72,9 @@ def test_connection_refused(daemon, family):
     assert r["errnos"]["cli"] == ["ECONNREFUSED"]
     cli, peer = r["comms"]["cli"], dict(remote=r["remote"], port=str(r["port"]))
     expect(daemon, cli, "errnomon_socket_errors_total", (dict(peer, errno="ECONNREFUSED", op="connect"), 1))
-    expect(daemon, cli, "errnomon_socket_error_reports_total", (dict(peer, errno="ECONNREFUSED"), 1))
+    # a connection that never completed its handshake: a connect failure, not an error report
+    expect(daemon, cli, "errnomon_connect_failures_total", (dict(peer, errno="ECONNREFUSED"), 1))
+    expect(daemon, cli, "errnomon_socket_error_reports_total")
     expect(daemon, cli, "errnomon_tcp_resets_received_total", (dict(peer, state="SYN_SENT"), 1))
     # nobody owns the closed port: the RST is sent for no socket, and the service port is ours
     daemon.wait_for("errnomon_tcp_resets_sent_total", [(dict(peer, comm="", reason="NO_SOCKET"), 1)],
@@ -87,6 +89,7 @@ def test_timeout_in_network_namespace(daemon):
     expect(daemon, cli, "errnomon_socket_errors_total", (dict(peer, errno="ETIMEDOUT", op="recv"), 1))
     expect(daemon, cli, "errnomon_socket_error_reports_total", (dict(peer, errno="ETIMEDOUT"), 1))
     expect(daemon, cli, "errnomon_tcp_resets_received_total")
+    expect(daemon, cli, "errnomon_connect_failures_total")
 
 
 @pytest.mark.parametrize("action", ["killed", "ignored", "handled"])
@@ -131,6 +134,11 @@ def test_every_probe_attached(daemon):
     attached = daemon.samples("errnomon_probe_attached")
     assert len(attached) == 13
     assert set(attached.values()) == {1.0}
+    # every program's kernel miss count is exported; the raw tracepoint ones only miss on self-recursion
+    missed = {dict(k)["probe"]: v for k, v in daemon.samples("errnomon_probe_missed_total").items()}
+    assert set(missed) == {dict(k)["probe"] for k in attached}
+    assert {p: n for p, n in missed.items() if not p.startswith("syscalls:")} == {
+        p: 0.0 for p in missed if not p.startswith("syscalls:")}
 
 
 def test_pipe_sigpipe_is_not_taken_for_a_socket_one(daemon):

@@ -241,7 +241,7 @@ def test_prometheus_rules_and_dashboard_on_live_errnomon(tmp_path):
         wait_until("round 1 in Prometheus", lambda: (
             prom.value("sum(errnomon_tcp_fins_sent_total{%s})" % peer) == 40
             and prom.value("sum(errnomon_tcp_resets_received_total{%s})" % peer) == 20
-            and prom.value('sum(errnomon_socket_error_reports_total{job="errnomon", errno="ECONNREFUSED", '
+            and prom.value('sum(errnomon_connect_failures_total{job="errnomon", errno="ECONNREFUSED", '
                            'port="%s"})' % refused_port) == 1), deadline)
         in_named_thread(CHURN_COMM, churn, ls, 20, 20)
         in_named_thread(REFUSE_COMM, refuse, int(refused_port), 15)
@@ -307,7 +307,8 @@ def test_prometheus_rules_and_dashboard_on_live_errnomon(tmp_path):
                 ("ErrnomonSigpipeKilled", dict(instance=live, comm=killed_comm, action="killed")),
                 ("ErrnomonProcessResetRatioHigh", dict(instance=live, comm=CHURN_COMM)),
                 ("ErrnomonPeerResetRatioHigh", dict(instance=live, remote="127.0.0.1", port=churn_port)),
-                ("ErrnomonConnectionsRefused", dict(instance=live, remote="127.0.0.1", port=refused_port)),
+                ("ErrnomonConnectFailures", dict(instance=live, remote="127.0.0.1", port=refused_port,
+                                                 errno="ECONNREFUSED")),
                 ("ErrnomonDown", dict(instance=dead)),
             ]
             missing = [(name, labels) for name, labels in want

@@ -85,7 +85,7 @@ def test_field_size_and_offset(layout, struct, field):
 
 def test_known_sizes():
     # Pinned so a change to the map key (which resets every counter's identity) is deliberate.
-    assert (ctypes.sizeof(abi.Key), ctypes.sizeof(abi.Owner), ctypes.sizeof(abi.Settings)) == (56, 48, 8)
+    assert (ctypes.sizeof(abi.Key), ctypes.sizeof(abi.Owner), ctypes.sizeof(abi.Settings)) == (56, 48, 16)
     assert abi.GEN_OFFSET == 11
 
 
@@ -97,7 +97,9 @@ def test_known_sizes():
         ("SIGPIPE_IGNORED", 1), ("SIGPIPE_HANDLED", 2), ("SIGPIPE_KILLED", 3),
         ("COUNT_EAGAIN", 1), ("COUNT_EINTR", 2), ("COUNT_EINPROGRESS", 4),
         ("METRIC_SOCKET_ERRORS", 0), ("METRIC_SOCKET_ERROR_REPORTS", 1), ("METRIC_TCP_RESETS_RECEIVED", 2),
-        ("METRIC_TCP_RESETS_SENT", 3), ("METRIC_TCP_FINS_SENT", 4), ("METRIC_SIGPIPE", 5), ("METRICS", 6),
+        ("METRIC_TCP_RESETS_SENT", 3), ("METRIC_TCP_FINS_SENT", 4), ("METRIC_SIGPIPE", 5),
+        ("METRIC_CONNECT_FAILURES", 6), ("METRICS", 7), ("OWNER_CONNECTED", 1), ("OWNER_ACCEPTED", 2),
+        ("OWNER_AMBIGUOUS", 4), ("OWNER_ESTABLISHED", 8),
     ],
 )
 def test_defines(name, value):
@@ -120,5 +122,24 @@ def test_derived_tables():
     assert abi.SIGPIPE_ACTIONS == {1: "ignored", 2: "handled", 3: "killed"}
     assert abi.COUNT_FLAGS == {"EAGAIN": 1, "EINTR": 2, "EINPROGRESS": 4}
     assert abi.METRICS == ("socket_errors", "socket_error_reports", "tcp_resets_received", "tcp_resets_sent",
-                           "tcp_fins_sent", "sigpipe")
+                           "tcp_fins_sent", "sigpipe", "connect_failures")
     assert abi.COMM_LEN == 16
+
+
+def test_prog_info_mirrors_the_uapi_header(tmp_path):
+    """bpfmap.ProgInfo against struct bpf_prog_info of /usr/include/linux/bpf.h: recursion_misses is read
+    at the offset the kernel writes it."""
+    from monitor import bpfmap
+    fields = [name for name, _ in bpfmap.ProgInfo._fields_]
+    src = tmp_path / "info.c"
+    src.write_text("#include <stdio.h>\n#include <stddef.h>\n#include <linux/bpf.h>\nint main(void) {\n" + "".join(
+        'printf("%s %%zu %%zu\\n", offsetof(struct bpf_prog_info, %s), sizeof(((struct bpf_prog_info *)0)->%s));\n'
+        % (f, f, f) for f in fields if f != "gpl_compatible") + "return 0;\n}\n")
+    exe = tmp_path / "info"
+    subprocess.run([gcc(), "-Wall", "-Werror", "-o", str(exe), str(src)], check=True, capture_output=True, text=True)
+    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        name, offset, size = line.split()
+        descriptor = getattr(bpfmap.ProgInfo, name)
+        assert (descriptor.offset, descriptor.size) == (int(offset), int(size)), name
+    assert bpfmap.ProgInfo.recursion_misses.offset == 208

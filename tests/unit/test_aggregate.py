@@ -64,6 +64,7 @@ def test_default_metric_labels():
         "tcp_resets_sent": ("comm", "remote", "port", "reason"),
         "tcp_fins_sent": ("comm", "remote", "port"),
         "sigpipe": ("comm", "action"),
+        "connect_failures": ("errno", "comm", "remote", "port"),
     }
 
 

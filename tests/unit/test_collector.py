@@ -21,9 +21,10 @@ from monitor.decode import Event
 
 ATTACHED = {"tcp:tcp_send_reset": True, "sock:sock_send_length": False, "signal:signal_generate": True}
 DROPS = {"socket_errors": 3, "socket_error_reports": 0, "tcp_resets_received": 0, "tcp_resets_sent": 0,
-         "tcp_fins_sent": 0, "sigpipe": 1}
+         "tcp_fins_sent": 0, "sigpipe": 1, "connect_failures": 0}
+MISSED = {"tcp:tcp_receive_reset": 0, "syscalls:sys_exit_connect": 4}
 ERRNOMON_METRICS = ("socket_errors", "socket_error_reports", "tcp_resets_received", "tcp_resets_sent",
-                    "tcp_fins_sent", "sigpipe")
+                    "tcp_fins_sent", "sigpipe", "connect_failures")
 
 
 def ev(metric, comm="curl", remote="10.1.2.3", port=443, errno=None, op=None, state=None, reason=None,
@@ -40,6 +41,7 @@ EVENTS = [
     (ev("tcp_resets_sent", comm="", remote="192.0.2.1", port=80, reason="NO_SOCKET"), 7),
     (ev("tcp_fins_sent", port=0), 9),
     (ev("sigpipe", remote=None, port=0, action="killed"), 1),
+    (ev("connect_failures", errno="ECONNREFUSED", remote="10.0.0.5", port=5432), 3),
 ]
 
 
@@ -47,9 +49,10 @@ class Status:
     def __init__(self):
         self.attached = dict(ATTACHED)
         self.drops = dict(DROPS)
+        self.missed = dict(MISSED)
 
     def __call__(self):
-        return {"attached": self.attached, "drops": self.drops}
+        return {"attached": self.attached, "drops": self.drops, "missed": self.missed}
 
 
 @pytest.fixture
@@ -131,10 +134,10 @@ def test_empty_aggregator_and_status():
     registry.register(ErrnoCollector(Aggregator(config.parse("")), lambda: {"attached": {}, "drops": {}}))
     families = {f.name: f for f in registry.collect()}
     assert sorted(families) == sorted(["errnomon_" + m for m in ERRNOMON_METRICS] + [
-        "errnomon_probe_attached", "errnomon_dropped", "errnomon_series_overflow", "errnomon_series",
-        "errnomon_build_info"])
+        "errnomon_probe_attached", "errnomon_probe_missed", "errnomon_dropped", "errnomon_series_overflow",
+        "errnomon_series", "errnomon_build_info"])
     assert families["errnomon_socket_errors"].samples == []
-    assert [s.value for s in families["errnomon_series"].samples] == [0] * 6
+    assert [s.value for s in families["errnomon_series"].samples] == [0] * 7
 
 
 def exposition(registry):
@@ -147,16 +150,19 @@ def test_exposition_parses_back(setup):
     # The parser names counter families without _total.
     assert {name: f.type for name, f in families.items()} == dict(
         {"errnomon_" + m: "counter" for m in ERRNOMON_METRICS},
-        errnomon_probe_attached="gauge", errnomon_dropped="counter", errnomon_series_overflow="counter",
-        errnomon_series="gauge", errnomon_build_info="gauge")
+        errnomon_probe_attached="gauge", errnomon_probe_missed="counter", errnomon_dropped="counter",
+        errnomon_series_overflow="counter", errnomon_series="gauge", errnomon_build_info="gauge")
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
     assert samples[("errnomon_socket_error_reports_total", (
         ("comm", 'we"ird\\name'), ("errno", "ETIMEDOUT"), ("port", "443"), ("remote", "10.1.2.3")))] == 1
     assert samples[("errnomon_tcp_resets_sent_total", (
         ("comm", ""), ("port", "80"), ("reason", "NO_SOCKET"), ("remote", "192.0.2.1")))] == 7
     assert samples[("errnomon_probe_attached", (("probe", "signal:signal_generate"),))] == 1
+    assert samples[("errnomon_probe_missed_total", (("probe", "syscalls:sys_exit_connect"),))] == 4
+    assert samples[("errnomon_connect_failures_total", (
+        ("comm", "curl"), ("errno", "ECONNREFUSED"), ("port", "5432"), ("remote", "10.0.0.5")))] == 3
     assert sum(v for (name, _), v in samples.items() if name == "errnomon_socket_errors_total") == 7
-    assert len(samples) == len(EVENTS) + len(ATTACHED) + len(DROPS) + 6 + 6 + 1
+    assert len(samples) == len(EVENTS) + len(ATTACHED) + len(MISSED) + len(DROPS) + 7 + 7 + 1
 
 
 def promtool():

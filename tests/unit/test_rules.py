@@ -147,6 +147,8 @@ def test_issue_recording_rules_exist():
     for required in (
         "instance_comm_errno_op:errnomon_socket_errors:rate5m",       # per process
         "instance_remote_port_errno:errnomon_socket_errors:rate5m",   # per peer
+        "instance_comm_errno:errnomon_connect_failures:rate5m",
+        "instance_remote_port_errno:errnomon_connect_failures:rate5m",
         "instance_comm:errnomon_tcp_resets_received_per_connection_ends:ratio_rate5m",
         "instance_remote_port:errnomon_tcp_resets_received_per_connection_ends:ratio_rate5m",
     ):
@@ -172,13 +174,14 @@ def test_issue_alerts_exist():
     exprs = {a["alert"]: a["expr"] for a in alerting_rules()}
     assert set(exprs) == {
         "ErrnomonSigpipeKilled", "ErrnomonProcessResetRatioHigh", "ErrnomonPeerResetRatioHigh",
-        "ErrnomonPeerTimeouts", "ErrnomonConnectionsRefused", "ErrnomonDown", "ErrnomonProbeNotAttached",
-        "ErrnomonCountsDropped", "ErrnomonSeriesOverflow",
+        "ErrnomonPeerTimeouts", "ErrnomonConnectFailures", "ErrnomonDown", "ErrnomonProbeNotAttached",
+        "ErrnomonProbeMissed", "ErrnomonCountsDropped", "ErrnomonSeriesOverflow",
     }
     assert 'action="killed"' in exprs["ErrnomonSigpipeKilled"]
     assert 'up{job="errnomon"} == 0' in exprs["ErrnomonDown"]
     assert 'errno="ETIMEDOUT"' in exprs["ErrnomonPeerTimeouts"]
-    assert 'errno="ECONNREFUSED"' in exprs["ErrnomonConnectionsRefused"]
+    assert "errnomon_connect_failures:rate5m" in exprs["ErrnomonConnectFailures"]  # per peer, port, errno
+    assert "errnomon_probe_missed_total" in exprs["ErrnomonProbeMissed"]
     for name in ("ErrnomonProcessResetRatioHigh", "ErrnomonPeerResetRatioHigh"):  # minimum-traffic guard
         assert "connection_ends:rate5m" in exprs[name], name
 
@@ -248,7 +251,8 @@ def test_runbook_links_resolve():
 
 
 @pytest.mark.parametrize("section", ["## ErrnomonSigpipeKilled", "## ErrnomonPeerTimeouts",
-                                     "## ErrnomonConnectionsRefused", "## ErrnomonProcessResetRatioHigh"])
+                                     "## ErrnomonConnectFailures", "## ErrnomonProcessResetRatioHigh",
+                                     "## ErrnomonProbeMissed"])
 def test_runbook_sections_give_promql_and_remedy(section):
     with open(RUNBOOK_PATH) as f:
         text = f.read()
