@@ -26,6 +26,7 @@ STRERROR = {os.strerror(n): rp.errno_name(n) for n in range(1, 134)}
 def expect_errors(daemon, comm, failures, ports):
     """failures: {(op, errno, port): count}; errnomon's socket_errors for comm on each of `ports` must be
     exactly these."""
+    print("%s's own account: %s" % (comm, failures or "no failed call"))  # shown with pytest -s
     for port in ports:
         series = [(dict(comm=comm, remote=REMOTE, port=str(port), op=op, errno=errno), n)
                   for (op, errno, p), n in sorted(failures.items()) if p == port]
