@@ -492,7 +492,7 @@ def analysis(hot, storm, scrape, foot):
                         "shipped config) runs without the syscall tracepoints and keeps %s at 64 B and %s at 16 KiB; "
                         "the `errnomon-syscalls-on` row, with the opt-in that counts connect and accept errors, keeps "
                         "%s and %s. Refused, timed-out and unreachable TCP connects still show by default in "
-                        "`errnomon_socket_error_reports_total` and resets received in SYN_SENT. What is left is the "
+                        "`errnomon_connect_failures_total` and resets received in SYN_SENT. What is left is the "
                         "floor of point 2: the 97%% budget at 64 B is within about one point of it, in the noise, and "
                         "99.5%% at 16 KiB is out of reach for any tracepoint program on this machine."
                         % (pct(hot["results"][small]["errnomon"]["median_ratio"], 2),

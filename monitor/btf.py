@@ -10,12 +10,15 @@ parse with BTFError rather than guessing.
 """
 
 import logging
+import os
 import struct
 from collections import namedtuple
 
 log = logging.getLogger("errnomon.btf")
 
-VMLINUX = "/sys/kernel/btf/vmlinux"
+# ERRNOMON_KERNEL_BTF: another file (a kernel's BTF extracted elsewhere), or a missing one to run as on a
+# kernel without BTF (tests/bpf/test_no_btf.py does).
+VMLINUX = os.environ.get("ERRNOMON_KERNEL_BTF", "/sys/kernel/btf/vmlinux")
 MAGIC = 0xEB9F
 
 # BTF_KIND_*
@@ -71,12 +74,13 @@ class BTF:
 
     @classmethod
     def load(cls, path=VMLINUX):
-        """The BTF at path, or None (with one warning) when there is none or it cannot be read."""
+        """The BTF at path, or None when there is none or it cannot be read (debug-logged: the caller says
+        in one warning what is lost without it)."""
         try:
             with open(path, "rb") as f:
                 return cls(f.read())
         except (OSError, BTFError) as e:
-            log.warning("kernel BTF unavailable (%s): %s", path, e)
+            log.debug("kernel BTF unavailable (%s): %s", path, e)
             return None
 
     def _parse_types(self, pos, end):

@@ -358,7 +358,9 @@ def load(tracefs, map_size, max_sockets, syscall_tracepoints=False, print_only=F
         available = available_probes(import_bcc(), excluded, kernel_btf, layout)
         return compile_flags(available, formats, map_size, max_sockets, layout, arity)
     if lost:
-        log.warning("kernel BTF (%s) is missing or lacks members errnomon reads: %s", btf.VMLINUX, "; ".join(lost))
+        log.warning("kernel BTF (%s) is %s: %s", btf.VMLINUX,
+                    "missing or unreadable" if kernel_btf is None else "missing members errnomon reads",
+                    "; ".join(lost))
     del kernel_btf  # the child reads it again; the daemon keeps none of it
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
@@ -381,6 +383,8 @@ def load(tracefs, map_size, max_sockets, syscall_tracepoints=False, print_only=F
         raise LoadError(message["error"])
     available = set(message["available"])
     for probe in sorted(set(PROBES) - available - excluded):
+        if formats.get(probe) is not None:
+            continue  # present, but not attachable here: the BTF or prototype warning above says why
         log.warning("tracepoint %s is missing on this kernel: %s", probe, PROBES[probe])
     if excluded:
         log.info("syscall tracepoints off (kernel.syscall_tracepoints): %s", PROBES["syscalls:sys_exit_connect"])

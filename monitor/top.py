@@ -41,7 +41,7 @@ SIGPIPE = "errnomon_sigpipe_total"
 # the counters whose samples are "series" in the header (the same set errnomon_series counts)
 SERIES_METRICS = ("errnomon_socket_errors_total", "errnomon_socket_error_reports_total",
                   "errnomon_tcp_resets_received_total", "errnomon_tcp_resets_sent_total",
-                  "errnomon_tcp_fins_sent_total", "errnomon_sigpipe_total")
+                  "errnomon_tcp_fins_sent_total", "errnomon_sigpipe_total", "errnomon_connect_failures_total")
 HEALTH_METRICS = ("errnomon_probe_attached", "errnomon_dropped_total", "errnomon_series_overflow_total",
                   "errnomon_build_info", "process_start_time_seconds")
 
