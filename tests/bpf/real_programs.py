@@ -53,12 +53,14 @@ def wait_listening(port, proc=None, what="server"):
 
 
 def stop(proc, sig=signal.SIGTERM):
+    """Stop a program started in its own session (start_new_session): `sig` to it, then, if it has not
+    exited in time, SIGKILL to its whole process group, so no worker it forked outlives the test."""
     if proc.poll() is None:
         proc.send_signal(sig)
         try:
             proc.wait(DEADLINE)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 
 
@@ -85,7 +87,8 @@ class Service:
         raise NotImplementedError
 
     def __enter__(self):
-        self.proc = subprocess.Popen(self.argv(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(self.argv(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
         try:
             wait_listening(self.port, self.proc, self.name)
         except BaseException:
