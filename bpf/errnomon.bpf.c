@@ -474,8 +474,9 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
         owners.update(&skp, &o);
         return 0;
     }
-    if (old == TCP_SYN_SENT && new == TCP_ESTABLISHED) {
-        /* from here on an error is one of an established connection, not a failed attempt */
+    if (new == TCP_ESTABLISHED) {
+        /* from here on an error is one of an established connection, not a failed attempt
+         * (SYN_SENT -> ESTABLISHED; SYN_RECV -> ESTABLISHED for accepted and simultaneous opens) */
         known = owner_of(sk);
         if (known)
             known->flags |= OWNER_ESTABLISHED;

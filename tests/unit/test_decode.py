@@ -106,6 +106,8 @@ NONE = dict(errno=None, op=None, state=None, reason=None, action=None)
         (dict(metric="socket_errors", code=24, op=4), dict(errno="EMFILE", op="accept")),
         (dict(metric="socket_errors", code=104, op=0), dict(errno="ECONNRESET", op="unknown")),
         (dict(metric="socket_error_reports", code=110, op=1, state=1), dict(errno="ETIMEDOUT")),
+        (dict(metric="connect_failures", code=111, op=1, state=2), dict(errno="ECONNREFUSED")),
+        (dict(metric="connect_failures", code=113), dict(errno="EHOSTUNREACH")),
         (dict(metric="tcp_resets_received", code=104, op=1, state=1), dict(state="ESTABLISHED")),
         (dict(metric="tcp_resets_received", state=8), dict(state="CLOSE_WAIT")),
         (dict(metric="tcp_resets_received", state=0), dict(state="UNKNOWN")),
