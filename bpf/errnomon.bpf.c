@@ -257,6 +257,29 @@ static __always_inline void sigpipe_after_epipe(struct errnomon_key *key)
     sigpipe_generated.delete(&tid);
 }
 
+/* sendfile() sends a file in chunks, one sock_sendmsg (and one sock_send_length) each, through the task's
+ * internal pipe (current->splice_pipe, fs/splice.c splice_direct_to_actor). A chunk that fails after one
+ * that sent bytes in the same call is not the call's error: the call returns the bytes sent (the
+ * application sees the error, or EPIPE, on its next call). The pipe tells: its tail counts the buffers
+ * sent in this call and is reset to 0 when every sendfile ends, so outside sendfile it is 0.
+ * Runs on the error path only. */
+static __always_inline int sent_earlier_in_sendfile(void)
+{
+#if defined(OFF_TASK_STRUCT_SPLICE_PIPE) && defined(OFF_PIPE_INODE_INFO_TAIL) && defined(PIPE_INDEX_TYPE)
+    void *task = (void *)bpf_get_current_task();
+    void *pipe = 0;
+    PIPE_INDEX_TYPE tail = 0;
+
+    bpf_probe_read_kernel(&pipe, sizeof(pipe), task + OFF_TASK_STRUCT_SPLICE_PIPE);
+    if (!pipe)
+        return 0;
+    bpf_probe_read_kernel(&tail, sizeof(tail), pipe + OFF_PIPE_INODE_INFO_TAIL);
+    return tail != 0;
+#else
+    return 0;
+#endif
+}
+
 static __always_inline int io_error(struct bpf_raw_tracepoint_args *ctx, int op)
 {
     void *sk = (void *)ctx->args[0];
@@ -280,7 +303,8 @@ static __always_inline int io_error(struct bpf_raw_tracepoint_args *ctx, int op)
     key_from_current(&key);
     key.op = op;
     key.code = err;
-    count(&key, METRIC_SOCKET_ERRORS);
+    if (op != OP_SEND || !sent_earlier_in_sendfile())
+        count(&key, METRIC_SOCKET_ERRORS);
     if (o && (o->flags & OWNER_AMBIGUOUS)) {
         /* now we know which program holds the accepted socket */
         o->tgid = key.tgid;
@@ -288,6 +312,7 @@ static __always_inline int io_error(struct bpf_raw_tracepoint_args *ctx, int op)
         __builtin_memcpy(o->comm, key.comm, sizeof(o->comm));
         o->flags &= ~OWNER_AMBIGUOUS;
     }
+    /* a chunk's EPIPE raises a real SIGPIPE even when the call returns bytes: count it either way */
     if (op == OP_SEND && err == EPIPE)
         sigpipe_after_epipe(&key);
     return 0;

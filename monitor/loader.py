@@ -165,8 +165,15 @@ LAYOUT = {
     ("sk_buff", "head"): "resets sent by listeners and for no socket carry the listener's address, not the peer's",
     ("sk_buff", "network_header"): None,
     ("sk_buff", "transport_header"): None,
+    # sendfile sends through the task's internal pipe: a chunk that fails after one that sent is not the
+    # call's error (bpf/errnomon.bpf.c, sent_earlier_in_sendfile)
+    ("task_struct", "splice_pipe"): "a send error inside sendfile() is counted even when the call returned the "
+                                    "bytes it had sent before it (op=\"send\" over-counts)",
+    ("pipe_inode_info", "tail"): None,
 }
 BASES = {("sk_buff", "cb"), ("sock", "sk_error_queue")}  # members read only as the start of something else: any size
+# Members read whole as an unsigned integer of their own size: -D<NAME>=u8/u16/u32/u64.
+LAYOUT_TYPES = {("pipe_inode_info", "tail"): "PIPE_INDEX_TYPE"}
 STABLE_HEAD = {"skc_daddr": 0, "skc_dport": 12, "skc_num": 14, "skc_family": 16, "skc_state": 18}
 NEEDS_LAYOUT = {"sock:inet_sk_error_report": ("sock", "sk_err")}
 
@@ -194,6 +201,8 @@ def layout_flags(kernel_btf):
         flags.append("-DOFF_%s_%s=%d" % (struct_name.upper(), member.upper().replace(".", "_"), m.bit_offset // 8))
         if member == "sk_protocol":
             flags.append("-DSK_PROTOCOL_TYPE=%s" % ("u8" if m.bitfield_size or size == 1 else "u16"))
+        if (struct_name, member) in LAYOUT_TYPES and size <= 8:
+            flags.append("-D%s=u%d" % (LAYOUT_TYPES[(struct_name, member)], size * 8))
     return flags, lost
 
 

@@ -45,12 +45,45 @@ apt_install() {
 installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
 in_apt()    { apt-cache show --no-all-versions "$1" >/dev/null 2>&1; }
 
+# Real programs the tests run against resetting peers (tests/bpf/test_real_programs.py).
+REAL_PROGRAMS=(nginx curl redis-server golang-go)
+
+# Installing nginx or redis-server starts their system services (ports 80, 6379) where an init system runs.
+# Tests run their own instances; a temporary policy-rc.d keeps invoke-rc.d from starting any service during
+# the install and is removed afterwards, even on failure. An existing policy-rc.d is left as it is.
+POLICY_RC=/usr/sbin/policy-rc.d
+OUR_POLICY=0
+drop_policy() { [ "$OUR_POLICY" -eq 1 ] && rm -f "$POLICY_RC"; OUR_POLICY=0; }
+apt_install_no_services() {
+    need_root "installing $*"
+    if [ ! -e "$POLICY_RC" ]; then
+        trap drop_policy EXIT
+        printf '#!/bin/sh\n# errnomon setup: no service starts while it installs packages\nexit 101\n' >"$POLICY_RC"
+        chmod 755 "$POLICY_RC"
+        OUR_POLICY=1
+    fi
+    apt_install "$@"
+    drop_policy
+    # and where systemd runs, not at the next boot either (only services of packages installed just now)
+    if [ -d /run/systemd/system ]; then
+        local p
+        for p in "$@"; do
+            case "$p" in nginx|redis-server) systemctl disable --quiet "$p" 2>/dev/null || true ;; esac
+        done
+    fi
+}
+
 PKGS=(python3-bpfcc python3-pyroute2 python3-venv python3-pip)
 [ "$MODE" = test ] && PKGS+=(nftables iproute2 bpftrace bpftool prometheus tmux gcc libc6-dev systemd
                               podman runc containerd mmdebstrap containernetworking-plugins)
 missing=()
 for p in "${PKGS[@]}"; do installed "$p" || missing+=("$p"); done
 [ "${#missing[@]}" -eq 0 ] || apt_install "${missing[@]}"
+if [ "$MODE" = test ]; then
+    missing=()
+    for p in "${REAL_PROGRAMS[@]}"; do installed "$p" || missing+=("$p"); done
+    [ "${#missing[@]}" -eq 0 ] || apt_install_no_services "${missing[@]}"
+fi
 
 # ---- kernel headers: /lib/modules/$KVER/build ------------------------------
 ARCH=$(dpkg --print-architecture)

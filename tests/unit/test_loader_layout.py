@@ -40,6 +40,9 @@ def test_layout_flags_of_this_kernel(kernel):
         "OFF_SK_BUFF_CB": str(kernel.member_offset("sk_buff", "cb")),
         "OFF_SOCK_EXTERR_SKB_EE_EE_ERRNO": str(kernel.member_offset("sock_exterr_skb", "ee")
                                                + kernel.member_offset("sock_extended_err", "ee_errno")),
+        "OFF_TASK_STRUCT_SPLICE_PIPE": str(kernel.member_offset("task_struct", "splice_pipe")),
+        "OFF_PIPE_INODE_INFO_TAIL": str(kernel.member_offset("pipe_inode_info", "tail")),
+        "PIPE_INDEX_TYPE": "u32",  # pipe_index_t on 64-bit kernels, unsigned int before it existed
     }
     # not what the 6.1 headers bcc compiles with say (sk_err is 544 there): the running kernel's
     assert values["OFF_SOCK_SK_ERR"] != "544"
@@ -48,13 +51,27 @@ def test_layout_flags_of_this_kernel(kernel):
 def test_without_btf_everything_lost_is_named():
     flags, lost = loader.layout_flags(None)
     assert flags == []
-    assert len(lost) == 7
+    assert len(lost) == 8
     assert any("IPv6" in line for line in lost)
     assert any("opened before errnomon started" in line for line in lost)
     assert any("connect failures" in line for line in lost)
+    assert any("sendfile()" in line for line in lost)
     # and the error-report program, which needs sk_err, is not compiled
     available = {"sock:inet_sk_error_report", "tcp:tcp_receive_reset"}
     assert loader.usable_probes(available, None, flags) == {"tcp:tcp_receive_reset"}
+
+
+def test_pipe_index_type_follows_its_size():
+    """pipe_index_t is unsigned short on 32-bit kernels: the program reads the tail at its own width."""
+    b = Builder()
+    u32 = b.int_("u32", 4)
+    u16 = b.int_("u16", 2)
+    b.struct_("sock_common", 24, [("skc_daddr", u32, 0), ("skc_dport", u16, 96), ("skc_num", u16, 112),
+                                  ("skc_family", u16, 128), ("skc_state", u16, 144)])
+    b.struct_("pipe_inode_info", 8, [("head", u16, 0), ("tail", u16, 16)])
+    flags, _ = loader.layout_flags(btf.BTF(b.blob()))
+    assert flag_values(flags)["OFF_PIPE_INODE_INFO_TAIL"] == "2"
+    assert flag_values(flags)["PIPE_INDEX_TYPE"] == "u16"
 
 
 def test_a_kernel_whose_sock_common_head_moved_is_refused():
