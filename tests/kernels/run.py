@@ -84,8 +84,9 @@ class Result:
         parts.append("compile %s" % ("%.1fs" % self.compile if self.compile is not None else "-"))
         parts.append("boot %ss" % self.guest.get("BOOT_SECONDS", "-"))
         parts.append("wall %.0fs" % self.wall)
-        if self.build_seconds:
-            parts.append("image built %.0fs" % self.build_seconds)
+        if self.build.get("IMAGE_MB"):
+            parts.append("image %sMB%s" % (self.build["IMAGE_MB"],
+                                           " built in %.0fs" % self.build_seconds if self.build_seconds else ""))
         if self.guest.get("PYTHON"):
             parts.append("python %s bcc %s" % (self.guest["PYTHON"], self.guest.get("BCC", "?")))
         if self.summary:
