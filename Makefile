@@ -30,6 +30,15 @@ IMAGE ?=
 image:
 	bash deploy/image/build.sh $(IMAGE)
 
+# Kernel matrix (root): boots Debian/Ubuntu kernels under qemu and runs the BPF scenario tests inside
+# (tests/kernels/, README "Kernel matrix"). Images are cached under /var/tmp/errnomon-kernels.
+# One or more kernels from tests/kernels/kernels.txt: make test-kernels KERNELS="bookworm trixie".
+KERNELS ?=
+.PHONY: test-kernels
+test-kernels:
+	bash tests/kernels/setup.sh
+	/usr/bin/python3 tests/kernels/run.py $(KERNELS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
 	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +

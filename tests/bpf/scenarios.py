@@ -432,19 +432,20 @@ def _srv_rst(rep: _Reporter, family: int, ready: _Event | None = None) -> None:
     if res is FAILED:
         return
     conn, _ = res
-    if ready is not None:  # let the client get blocked in recv() first
-        _wait_event(ready, "client in recv")
+    if ready is not None:  # the client's connect() has returned (and it may be blocked in recv() next)
+        _wait_event(ready, "client connected")
         time.sleep(0.1)
     _linger0(conn)
     conn.close()
     ls.close()
 
 
-def _cli_send_after_rst(rep: _Reporter, family: int, port: int, flags: int) -> None:
+def _cli_send_after_rst(rep: _Reporter, family: int, port: int, flags: int, connected: _Event) -> None:
     s = socket.socket(family, socket.SOCK_STREAM)
     _bound(s)
     rep.call("connect", s.connect, (_loopback(family), port))
     rep.set("local_port", s.getsockname()[1])
+    connected.set()
     _poll_hup(rep, s)
     rep.call("send", s.send, b"x" * 16, flags)
     rep.call("send", s.send, b"x" * 16, flags)
@@ -491,11 +492,13 @@ def _two_actors(name, comm_prefix, family, srv_fn, srv_args, cli_fn, cli_args,
 def reset_on_send(comm_prefix: str, family: int = socket.AF_INET) -> dict:
     """Server RSTs the connection (linger-0 close); client then sends twice.
 
-    Expected: errnos {"srv": [], "cli": ["ECONNRESET", "EPIPE"]}.
+    Expected: errnos {"srv": [], "cli": ["ECONNRESET", "EPIPE"]}. The server resets only once the
+    client's connect() has returned: on a slow machine (an emulated guest) an earlier RST makes connect()
+    itself fail with ECONNRESET.
     """
-    return _two_actors("reset_on_send", comm_prefix, family,
-                       lambda rep, fam: _srv_rst(rep, fam), (),
-                       _cli_send_after_rst, (socket.MSG_NOSIGNAL,))
+    connected = _Event()
+    return _two_actors("reset_on_send", comm_prefix, family, _srv_rst, (connected,),
+                       _cli_send_after_rst, (socket.MSG_NOSIGNAL, connected), events=(connected,))
 
 
 def reset_on_recv(comm_prefix: str, family: int = socket.AF_INET) -> dict:
@@ -580,11 +583,12 @@ def _handled_sigpipe(signum, frame) -> None:
 _sigpipes_handled = 0
 
 
-def _cli_sigpipe(rep: _Reporter, family: int, port: int, action: str) -> None:
+def _cli_sigpipe(rep: _Reporter, family: int, port: int, action: str, connected: _Event) -> None:
     s = socket.socket(family, socket.SOCK_STREAM)
     _bound(s)
     rep.call("connect", s.connect, (_loopback(family), port))
     rep.set("local_port", s.getsockname()[1])
+    connected.set()
     _poll_hup(rep, s)
     rep.call("send", s.send, b"x" * 16)  # ECONNRESET (sk_err), no signal
     if action == "killed":
@@ -616,9 +620,9 @@ def sigpipe(comm_prefix: str, action: str) -> dict:
     """
     if action not in _SIGPIPE_DISPOSITION:
         raise ValueError(f"action must be one of {sorted(_SIGPIPE_DISPOSITION)}")
-    res = _two_actors("sigpipe", comm_prefix, socket.AF_INET,
-                      lambda rep, fam: _srv_rst(rep, fam), (),
-                      _cli_sigpipe, (action,),
+    connected = _Event()  # as in reset_on_send: no RST before connect() has returned
+    res = _two_actors("sigpipe", comm_prefix, socket.AF_INET, _srv_rst, (connected,),
+                      _cli_sigpipe, (action, connected), events=(connected,),
                       cli_kwargs={"sigpipe": _SIGPIPE_DISPOSITION[action]},
                       allow_signal={"cli": signal.SIGPIPE} if action == "killed" else None,
                       action=action)

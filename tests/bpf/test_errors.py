@@ -97,6 +97,7 @@ def test_timeout_in_network_namespace(daemon):
 @pytest.mark.parametrize("action", ["killed", "ignored", "handled"])
 def test_sigpipe(daemon, action):
     r = scenarios.sigpipe("sp" + action[0], action)
+    assert r["errnos"]["cli"] == (["ECONNRESET"] if action == "killed" else ["ECONNRESET", "EPIPE"])
     cli, peer = r["comms"]["cli"], dict(remote=r["remote"], port=str(r["port"]))
     if action == "killed":
         assert r["exit_signal"] == signal.SIGPIPE
