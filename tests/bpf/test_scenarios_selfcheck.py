@@ -37,7 +37,7 @@ def _check_family(family):
 
 
 def _check_common(res, prefix, roles, remote="127.0.0.1"):
-    assert res["comms"] == {r: f"{prefix}_{r}" for r in roles}
+    assert res["comms"] == {r: scenarios.make_comm(prefix, r) for r in roles}
     assert set(res["errnos"]) == set(roles)
     assert res["remote"] == remote
     assert isinstance(res["port"], int) and 0 < res["port"] < 65536
@@ -56,7 +56,7 @@ def test_make_comm_truncates_to_15():
 
 def test_long_prefix_comm_is_truncated_by_kernel_too():
     res = scenarios.refused("sc_longprefix_x")
-    assert res["comms"] == {"cli": "sc_longprefix_x"}
+    assert res["comms"] == {"cli": scenarios.make_comm("sc_longprefix_x", "cli")}
     assert res["errnos"] == {"cli": ["ECONNREFUSED"]}
 
 
