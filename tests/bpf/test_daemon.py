@@ -145,6 +145,7 @@ def test_syscall_tracepoints_off(own_daemon):
     assert not any("syscalls:" in dict(k)["probe"] for k in probes)
     r = scenarios.refused("nosys", socket.AF_INET)
     cli, peer = r["comms"]["cli"], dict(remote=r["remote"], port=str(r["port"]))
-    d.wait_for("errnomon_socket_error_reports_total", [(dict(peer, comm=cli, errno="ECONNREFUSED"), 1)], comm=cli)
+    d.wait_for("errnomon_connect_failures_total", [(dict(peer, comm=cli, errno="ECONNREFUSED"), 1)], comm=cli)
+    d.wait_for("errnomon_socket_error_reports_total", [], comm=cli)
     d.wait_for("errnomon_tcp_resets_received_total", [(dict(peer, comm=cli, state="SYN_SENT"), 1)], comm=cli)
     d.wait_for("errnomon_socket_errors_total", [], comm=cli)

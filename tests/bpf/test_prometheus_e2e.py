@@ -255,7 +255,7 @@ def test_prometheus_rules_and_dashboard_on_live_errnomon(tmp_path):
         # Grafana's regex form of a multi-value selection, values escaped as in a PromQL string
         chosen = {
             "instance": "(%s)" % live.replace(".", "\\\\."),
-            "comm": "(%s)" % "|".join([killed_comm, handled["comms"]["cli"], CHURN_COMM] + [
+            "comm": "(%s)" % "|".join([killed_comm, handled["comms"]["cli"], CHURN_COMM, REFUSE_COMM] + [
                 scenarios.make_comm(p, r) for p, r in (("e2eto", "cli"), ("e2err", "cli"), ("e2eto", "srv"),
                                                        ("e2err", "srv"), ("e2eef", "cli"), ("e2eok", "cli"),
                                                        ("e2eok", "srv"))]),
