@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the errnomon container image from Debian packages, with no base image from any registry:
-# mmdebstrap makes a bookworm root filesystem (python3-bpfcc, python3-prometheus-client, python3-yaml and
+# mmdebstrap makes a bookworm root filesystem (python3-bpfcc, python3-prometheus-client, python3-yaml,
+# python3-waitress, python3-pyroute2 and
 # errnomon's monitor/ and bpf/), podman imports it as an OCI image.
 #
 #   deploy/image/build.sh [IMAGE]          default IMAGE: localhost/errnomon:<version>
@@ -16,9 +17,12 @@ ROOT=$PWD
 VERSION=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' monitor/__init__.py)
 IMAGE=${1:-localhost/errnomon:$VERSION}
 SUITE=bookworm
-MIRROR=${ERRNOMON_MIRROR:-http://deb.debian.org/debian}
+# No mirror named here: mmdebstrap takes the distribution's default archive (and its updates and security
+# suites) by itself; ERRNOMON_MIRROR chooses another (a local mirror of an air-gapped site).
+MIRRORS=()
+[ -z "${ERRNOMON_MIRROR:-}" ] || MIRRORS=("$ERRNOMON_MIRROR")
 # Everything in the image besides Essential: yes; their dependencies follow.
-PACKAGES=python3,python3-bpfcc,python3-prometheus-client,python3-yaml,xz-utils
+PACKAGES=python3,python3-bpfcc,python3-prometheus-client,python3-yaml,python3-waitress,python3-pyroute2,xz-utils
 OUT=$ROOT/build/image
 
 die() { echo "errnomon image: error: $*" >&2; exit 2; }
@@ -52,7 +56,7 @@ mmdebstrap --quiet --variant=essential --include="$PACKAGES" \
     --customize-hook='chroot "$1" dpkg-query -W -f "\${Package} \${Version}\n" > "'"$OUT"'/packages.txt"' \
     --customize-hook='rm -rf "$1"/var/cache/apt/* "$1"/var/cache/debconf/*-old "$1"/var/lib/apt/lists/* "$1"/var/log/* "$1"/var/lib/dpkg/*-old "$1"/etc/machine-id "$1"/etc/ssh/ssh_host_*' \
     --customize-hook='rm -f "$1"/usr/lib/python3*/__pycache__/*.cpython-*.opt-*.pyc' \
-    "$SUITE" "$OUT/rootfs.tar" "$MIRROR"
+    "$SUITE" "$OUT/rootfs.tar" "${MIRRORS[@]}" </dev/null
 
 podman rmi -f "$IMAGE" >/dev/null 2>&1 || true
 podman import --quiet \

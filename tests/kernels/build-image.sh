@@ -25,7 +25,7 @@ read -r _ SUITE COMPONENTS TRUST KERNEL_PKGS <<<"$line"
 # What errnomon and tests/bpf need in the guest, all from the distribution (no pip): the daemon runs from
 # the read-only checkout with PYTHONPATH. kmod and mount (not essential) for the init, iproute2 and nftables
 # for the scenarios, initramfs-tools because Ubuntu's kernel only recommends an initrd builder.
-PKGS="python3,python3-bpfcc,python3-prometheus-client,python3-yaml,python3-pytest,iproute2,nftables,kmod,mount,initramfs-tools,$KERNEL_PKGS"
+PKGS="python3,python3-bpfcc,python3-prometheus-client,python3-yaml,python3-waitress,python3-pyroute2,python3-pytest,iproute2,nftables,kmod,mount,initramfs-tools,$KERNEL_PKGS"
 
 KEY=$({ cat "${BASH_SOURCE[0]}"; echo "$line"; } | sha256sum | cut -c1-12)
 DIR=$CACHE/$NAME-$KEY
