@@ -151,6 +151,36 @@ def _cli_path_breaks(rep: _Reporter, family: int, port: int, connected: _Event, 
     s.close()
 
 
+def _run_scenario(name, comm_prefix, events, server, client, conduct, prepare=None, **extra) -> dict:
+    """Server then client, each (function, args, "srv" or "cli": the namespace it runs in), in a fresh Network.
+
+    prepare(net) runs first and returns the address the client dials (default SERVER; args may be a function
+    of it); conduct(net, srv, cli,
+    deadline) drives the scenario once both run and returns extra result keys. Every process is reaped (or
+    killed at the deadline), every event closed and the namespaces deleted, whatever happens."""
+    started = time.monotonic()
+    deadline = started + SCENARIO_TIMEOUT
+    procs: list[_Proc] = []
+    try:
+        with Network(comm_prefix) as net:
+            remote = prepare(net) if prepare else SERVER
+            try:
+                for role, (fn, args, where) in (("srv", server), ("cli", client)):
+                    args = args(remote) if callable(args) else args
+                    procs.append(_spawn(role, comm_prefix, fn, socket.AF_INET, *args, netns=getattr(net, where)))
+                    if role == "srv":
+                        _wait_info(procs[0], "port", deadline)
+                extra.update(conduct(net, procs[0], procs[1], deadline) or {})
+                _finish(procs, deadline)
+            except BaseException:
+                _abort(procs)
+                raise
+    finally:
+        for ev in events:
+            ev.close()
+    return _result(name, socket.AF_INET, SERVICE_PORT, remote, procs, started, **extra)
+
+
 # --------------------------------------------------------------------------
 # scenarios
 
@@ -163,39 +193,26 @@ def unreachable(comm_prefix: str, kind: str, blocking: bool, n: int = 1) -> dict
     from connect(), no packet sent). Blocking connects record op "connect"; non-blocking ones record
     "so_error" (what getsockopt(SO_ERROR) said after poll), as event loops see it.
     """
-    started = time.monotonic()
     release = _Event()
-    try:
-        with Network(comm_prefix) as net:
-            addr = SERVER
-            if kind == "host":
-                net.reject("host-unreachable", SERVICE_PORT)
-            elif kind == "net":
-                addr = NO_ROUTE
-            elif kind == "local":
-                addr = NO_ROUTE
-                _run(["ip", "-n", net.cli, "route", "del", "default"])
-            else:
-                raise ValueError(kind)
-            deadline = started + SCENARIO_TIMEOUT
-            procs: list[_Proc] = []
-            try:
-                srv = _spawn("srv", comm_prefix, _srv_listen, socket.AF_INET, release, netns=net.srv)
-                procs.append(srv)
-                _wait_info(srv, "port", deadline)
-                cli = _spawn("cli", comm_prefix, _cli_connect, socket.AF_INET, addr, SERVICE_PORT, blocking, n,
-                             netns=net.cli)
-                procs.append(cli)
-                _finish([cli], deadline)
-                release.set()
-                _finish(procs, deadline)
-            except BaseException:
-                _abort(procs)
-                raise
-    finally:
-        release.close()
-    return _result("unreachable", socket.AF_INET, SERVICE_PORT, addr, procs, started, kind=kind,
-                   blocking=blocking)
+
+    def prepare(net):
+        if kind == "host":
+            net.reject("host-unreachable", SERVICE_PORT)
+            return SERVER
+        if kind == "local":
+            _run(["ip", "-n", net.cli, "route", "del", "default"])
+        elif kind != "net":
+            raise ValueError(kind)
+        return NO_ROUTE
+
+    def conduct(net, srv, cli, deadline):
+        _finish([cli], deadline)
+        release.set()
+
+    return _run_scenario("unreachable", comm_prefix, (release,), (_srv_listen, (release,), "srv"),
+                         (_cli_connect, lambda remote: (remote, SERVICE_PORT, blocking, n), "cli"), conduct, prepare,
+                         kind=kind, blocking=blocking)
+
 
 
 def path_breaks(comm_prefix: str) -> dict:
@@ -205,32 +222,18 @@ def path_breaks(comm_prefix: str) -> dict:
     TCP_USER_TIMEOUT (1.5 s) expires and then fails with EHOSTUNREACH instead of ETIMEDOUT.
     Expected: errnos {"srv": [], "cli": ["EHOSTUNREACH"]}.
     """
-    started = time.monotonic()
     release, connected, go = _Event(), _Event(), _Event()
-    try:
-        with Network(comm_prefix) as net:
-            deadline = started + SCENARIO_TIMEOUT
-            procs: list[_Proc] = []
-            try:
-                srv = _spawn("srv", comm_prefix, _srv_listen, socket.AF_INET, release, netns=net.srv)
-                procs.append(srv)
-                _wait_info(srv, "port", deadline)
-                cli = _spawn("cli", comm_prefix, _cli_path_breaks, socket.AF_INET, SERVICE_PORT, connected, go,
-                             netns=net.cli)
-                procs.append(cli)
-                if connected.wait(CALL_TIMEOUT):
-                    net.reject("host-unreachable", SERVICE_PORT)
-                    go.set()
-                _finish([cli], deadline)
-                release.set()
-                _finish(procs, deadline)
-            except BaseException:
-                _abort(procs)
-                raise
-    finally:
-        for ev in (release, connected, go):
-            ev.close()
-    return _result("path_breaks", socket.AF_INET, SERVICE_PORT, SERVER, procs, started)
+
+    def conduct(net, srv, cli, deadline):
+        if connected.wait(CALL_TIMEOUT):
+            net.reject("host-unreachable", SERVICE_PORT)
+            go.set()
+        _finish([cli], deadline)
+        release.set()
+
+    return _run_scenario("path_breaks", comm_prefix, (release, connected, go), (_srv_listen, (release,), "srv"),
+                         (_cli_path_breaks, (SERVICE_PORT, connected, go), "cli"), conduct)
+
 
 
 def _srv_forget(rep: _Reporter, family: int, accepted: _Event, forget: _Event) -> None:
@@ -269,34 +272,21 @@ def peer_reboot(comm_prefix: str) -> dict:
     with an RST for no socket (reason NO_SOCKET) and the client's next recv fails with ECONNRESET.
     Expected: errnos {"srv": [], "cli": ["ECONNRESET"]}.
     """
-    started = time.monotonic()
     accepted, forget, rebooted = _Event(), _Event(), _Event()
-    try:
-        with Network(comm_prefix) as net:
-            deadline = started + SCENARIO_TIMEOUT
-            procs: list[_Proc] = []
-            try:
-                srv = _spawn("srv", comm_prefix, _srv_forget, socket.AF_INET, accepted, forget, netns=net.srv)
-                procs.append(srv)
-                _wait_info(srv, "port", deadline)
-                cli = _spawn("cli", comm_prefix, _cli_after_reboot, socket.AF_INET, SERVICE_PORT, rebooted,
-                             netns=net.cli)
-                procs.append(cli)
-                if accepted.wait(CALL_TIMEOUT):
-                    _nft(net.srv, "table inet errnomon_s {\n chain out {\n  type filter hook output priority 0;\n"
-                                  "  tcp sport %d drop\n }\n}\n" % SERVICE_PORT)
-                    forget.set()
-                    _finish([srv], deadline)
-                    _run(["ip", "netns", "exec", net.srv, "nft", "delete", "table", "inet", "errnomon_s"])
-                    rebooted.set()
-                _finish(procs, deadline)
-            except BaseException:
-                _abort(procs)
-                raise
-    finally:
-        for ev in (accepted, forget, rebooted):
-            ev.close()
-    return _result("peer_reboot", socket.AF_INET, SERVICE_PORT, SERVER, procs, started)
+
+    def conduct(net, srv, cli, deadline):
+        if accepted.wait(CALL_TIMEOUT):
+            _nft(net.srv, "table inet errnomon_s {\n chain out {\n  type filter hook output priority 0;\n"
+                          "  tcp sport %d drop\n }\n}\n" % SERVICE_PORT)
+            forget.set()
+            _finish([srv], deadline)
+            _run(["ip", "netns", "exec", net.srv, "nft", "delete", "table", "inet", "errnomon_s"])
+            rebooted.set()
+
+    return _run_scenario("peer_reboot", comm_prefix, (accepted, forget, rebooted),
+                         (_srv_forget, (accepted, forget), "srv"),
+                         (_cli_after_reboot, (SERVICE_PORT, rebooted), "cli"), conduct)
+
 
 
 def _netstat(netns: str) -> dict:
@@ -339,28 +329,15 @@ def listen_overflow(comm_prefix: str, n: int = 6, hold: float = 1.5, while_liste
     while_listening(listen_drops, comm of the server) runs after the clients gave up, while the listener
     still exists (a poller must see it before it closes).
     """
-    started = time.monotonic()
     release = _Event()
-    try:
-        with Network(comm_prefix) as net:
-            deadline = started + SCENARIO_TIMEOUT
-            procs: list[_Proc] = []
-            try:
-                srv = _spawn("srv", comm_prefix, _srv_never_accept, socket.AF_INET, release, netns=net.srv)
-                procs.append(srv)
-                _wait_info(srv, "port", deadline)
-                cli = _spawn("cli", comm_prefix, _cli_flood, socket.AF_INET, SERVICE_PORT, n, hold, netns=net.srv)
-                procs.append(cli)
-                _finish([cli], deadline)
-                counters = _netstat(net.srv)
-                if while_listening is not None:
-                    while_listening(counters["ListenDrops"], srv.info.get("comm"))
-                release.set()
-                _finish(procs, deadline)
-            except BaseException:
-                _abort(procs)
-                raise
-    finally:
-        release.close()
-    return _result("listen_overflow", socket.AF_INET, SERVICE_PORT, SERVER, procs, started,
-                   listen_drops=counters["ListenDrops"], listen_overflows=counters["ListenOverflows"])
+
+    def conduct(net, srv, cli, deadline):
+        _finish([cli], deadline)
+        counters = _netstat(net.srv)
+        if while_listening is not None:
+            while_listening(counters["ListenDrops"], srv.info.get("comm"))
+        release.set()
+        return {"listen_drops": counters["ListenDrops"], "listen_overflows": counters["ListenOverflows"]}
+
+    return _run_scenario("listen_overflow", comm_prefix, (release,), (_srv_never_accept, (release,), "srv"),
+                         (_cli_flood, (SERVICE_PORT, n, hold), "srv"), conduct)
