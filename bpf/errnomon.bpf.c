@@ -502,8 +502,13 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
         /* from here on an error is one of an established connection, not a failed attempt
          * (SYN_SENT -> ESTABLISHED; SYN_RECV -> ESTABLISHED for accepted and simultaneous opens) */
         known = owner_of(sk);
-        if (known)
+        if (known) {
             known->flags |= OWNER_ESTABLISHED;
+            /* a child of a listener: before 6.13 or so its peer address is filled in only after
+             * LISTEN -> SYN_RECV, where its owner entry was made (seen as 0.0.0.0 on 6.12) */
+            if ((known->flags & OWNER_ACCEPTED) && sock_remote(known->remote, sk, family))
+                known->family = family;
+        }
         return 0;
     }
 #ifdef OFF_SOCK_SK_ERR
