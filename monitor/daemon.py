@@ -191,6 +191,10 @@ class Daemon:
         except seed.SeedError as e:
             log.warning("%s: sockets opened before errnomon started carry no process on kernel-side events", e)
             return
+        except Exception as e:  # noqa: BLE001 - seeding only adds attribution: it must never stop start-up
+            log.warning("seeding failed (%s: %s): sockets opened before errnomon started carry no process on "
+                        "kernel-side events", type(e).__name__, e)
+            return
         log.info("seeded %d of %d existing TCP sockets (%d with their process) and %d listening ports in %.2fs",
                  r.owners, r.sockets, r.attributed, r.listeners, r.seconds)
         if r.owners > self.config.max_sockets:

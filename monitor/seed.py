@@ -106,6 +106,9 @@ def dump_tcp(families=(socket.AF_INET, socket.AF_INET6)):
                         out.append(msg["tcp_socket"])
     except (OSError, ValueError) as e:  # pyroute2's NetlinkError is an OSError
         raise SeedError("listing TCP sockets with sock_diag failed (%s)" % e)
+    except Exception as e:  # noqa: BLE001 - e.g. an older pyroute2 (0.5 on Debian 11) that decodes differently
+        raise SeedError("listing TCP sockets with sock_diag failed (%s: %s; pyroute2 0.7 or newer is known to "
+                        "work)" % (type(e).__name__, e))
     return out
 
 
