@@ -280,6 +280,8 @@ class Daemon:
     def stop(self):
         sdnotify.notify("STOPPING=1")
         log.info("shutting down: detaching BPF programs")
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.programs.close()
+        try:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+        finally:
+            self.programs.close()

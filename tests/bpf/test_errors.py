@@ -143,11 +143,13 @@ def test_every_probe_attached(daemon):
     attached = daemon.samples("errnomon_probe_attached")
     assert len(attached) == 13
     assert set(attached.values()) == {1.0}
-    # every program's kernel miss count is exported; the raw tracepoint ones only miss on self-recursion
+    # every program's kernel miss count is exported; the raw tracepoint ones only miss on self-recursion,
+    # which only inet_sock_set_state can meet (a softirq's state change on the CPU where the program is
+    # running for a process's: seen once in a full CI run, 1 of some 10^5 runs; exported, never silent)
     missed = {dict(k)["probe"]: v for k, v in daemon.samples("errnomon_probe_missed_total").items()}
     assert set(missed) == {dict(k)["probe"] for k in attached}
-    assert {p: n for p, n in missed.items() if not p.startswith("syscalls:")} == {
-        p: 0.0 for p in missed if not p.startswith("syscalls:")}
+    never = [p for p in missed if not p.startswith("syscalls:") and p != "sock:inet_sock_set_state"]
+    assert {p: missed[p] for p in never} == {p: 0.0 for p in never}
 
 
 def test_pipe_sigpipe_is_not_taken_for_a_socket_one(daemon):
