@@ -11,7 +11,10 @@
  *    filled in process context, never to `current`;
  *  - the ret >= 0 path of send/recv returns at once: every process on the host pays for it.
  *
- * HAVE_<category>__<event> is defined by the loader for each tracepoint the running kernel has.
+ * HAVE_<category>__<event> is defined by the loader for each tracepoint a signal uses on the running kernel.
+ * Where a kernel lacks the tracepoint of a signal, the loader picks the next rung of its hook ladder
+ * (monitor/loader.py SIGNALS) and defines FEXIT_<function>=<its argument count> (ctx[n] is the return value),
+ * FENTRY_<function>, KRETPROBE_<function> or KPROBE_<function>; the programs for those are at the end.
  * MAP_SIZE and MAX_SOCKETS size the maps. OFF_<STRUCT>_<FIELD>: byte offsets from BTF, absent without it.
  */
 #include <uapi/linux/ptrace.h>
@@ -26,6 +29,7 @@
 #define TCP_SYN_SENT 2
 #define TCP_SYN_RECV 3
 #define TCP_FIN_WAIT1 4
+#define TCP_TIME_WAIT 6
 #define TCP_CLOSE 7
 #define TCP_CLOSING 11
 #define TCP_CLOSE_WAIT 8
@@ -280,15 +284,15 @@ static __always_inline int sent_earlier_in_sendfile(void)
 #endif
 }
 
-static __always_inline int io_error(struct bpf_raw_tracepoint_args *ctx, int op)
+/* ret: what the socket call returned to its caller, negative */
+static __always_inline int io_error(void *sk, int ret, int op)
 {
-    void *sk = (void *)ctx->args[0];
-    int err = countable(-(int)ctx->args[1]);
+    int err = countable(-ret);
     u16 family;
     struct errnomon_key key = {};
     struct errnomon_owner *o;
 
-    if (!err)
+    if (!err || !sk)
         return 0;
     family = sock_family(sk);
     if (family != AF_INET && family != AF_INET6)
@@ -323,7 +327,7 @@ RAW_TRACEPOINT_PROBE(sock_send_length)
 {
     if ((int)ctx->args[1] >= 0)
         return 0;
-    return io_error(ctx, OP_SEND);
+    return io_error((void *)ctx->args[0], (int)ctx->args[1], OP_SEND);
 }
 #endif
 
@@ -332,7 +336,7 @@ RAW_TRACEPOINT_PROBE(sock_recv_length)
 {
     if ((int)ctx->args[1] >= 0)
         return 0;
-    return io_error(ctx, OP_RECV);
+    return io_error((void *)ctx->args[0], (int)ctx->args[1], OP_RECV);
 }
 #endif
 
@@ -626,12 +630,13 @@ RAW_TRACEPOINT_PROBE(tcp_receive_reset)
 }
 #endif
 
-#ifdef HAVE_tcp__tcp_send_reset
+#define TCPHDR_RST 0x04
 #define TCPHDR_SYN 0x02
 #define TCPHDR_ACK 0x10
 
-/* Remote address and service port from the segment a reset answers: skb->head + network/transport header. */
-static __always_inline int peer_from_segment(struct errnomon_key *key, void *skb)
+/* Remote address and service port from the segment a reset answers: skb->head + network/transport header.
+ * *tcp_flags: the segment's flags byte. */
+static __always_inline int peer_from_segment(struct errnomon_key *key, void *skb, u8 *tcp_flags)
 {
 #if defined(OFF_SK_BUFF_HEAD) && defined(OFF_SK_BUFF_NETWORK_HEADER) && defined(OFF_SK_BUFF_TRANSPORT_HEADER)
     void *head = 0;
@@ -656,6 +661,7 @@ static __always_inline int peer_from_segment(struct errnomon_key *key, void *skb
     }
     bpf_probe_read_kernel(ports, sizeof(ports), head + th);   /* tcphdr.source, dest */
     bpf_probe_read_kernel(&flags, 1, head + th + 13);
+    *tcp_flags = flags;
     ports[0] = ntohs(ports[0]);
     ports[1] = ntohs(ports[1]);
     if ((flags & (TCPHDR_SYN | TCPHDR_ACK)) == TCPHDR_SYN)
@@ -668,6 +674,7 @@ static __always_inline int peer_from_segment(struct errnomon_key *key, void *skb
 #endif
 }
 
+#ifdef HAVE_tcp__tcp_send_reset
 /* tcp_send_reset(sk, skb[, reason]): sk is NULL for a segment no socket wanted (6.10+), skb is NULL for
  * a reset the socket sends on its own (abort, linger 0). */
 RAW_TRACEPOINT_PROBE(tcp_send_reset)
@@ -676,7 +683,7 @@ RAW_TRACEPOINT_PROBE(tcp_send_reset)
     void *skb = (void *)ctx->args[1];
     struct errnomon_key key = {};
     struct errnomon_owner *o = 0;
-    u8 state = 0;
+    u8 state = 0, tcp_flags = 0;
 
     if (sk) {
         o = owner_of(sk);
@@ -684,7 +691,7 @@ RAW_TRACEPOINT_PROBE(tcp_send_reset)
     }
     if (o) {
         key_from_owner(&key, o);
-    } else if (skb && peer_from_segment(&key, skb)) {
+    } else if (skb && peer_from_segment(&key, skb, &tcp_flags)) {
         /* a listener, or no socket: the peer is the segment's sender, not the listener's 0.0.0.0 */
         if (state == TCP_LISTEN) {
             struct errnomon_listener *l = listeners.lookup(&key.port);
@@ -708,12 +715,12 @@ RAW_TRACEPOINT_PROBE(tcp_send_reset)
 
 /* ---- errors the kernel records on sockets ---- */
 
-#if defined(HAVE_sock__inet_sk_error_report) && defined(OFF_SOCK_SK_ERR)
-/* inet_sk_error_report(sk). socket_error_reports keeps errors of established or accepted connections (and of
- * sockets whose history is unknown); a socket this host was connecting fails in SYN_SENT -> CLOSE above. */
-RAW_TRACEPOINT_PROBE(inet_sk_error_report)
+#ifdef OFF_SOCK_SK_ERR
+/* An error the kernel recorded on a socket (sk->sk_err), reported through sk_error_report().
+ * socket_error_reports keeps errors of established or accepted connections (and of sockets whose history is
+ * unknown); a socket this host was connecting fails in SYN_SENT -> CLOSE above. */
+static __always_inline int error_report(void *sk)
 {
-    void *sk = (void *)ctx->args[0];
     struct errnomon_key key = {};
     struct errnomon_owner *o;
     u16 family, dport = 0;
@@ -734,6 +741,14 @@ RAW_TRACEPOINT_PROBE(inet_sk_error_report)
     key.code = err;
     count(&key, METRIC_SOCKET_ERROR_REPORTS);
     return 0;
+}
+#endif
+
+#if defined(HAVE_sock__inet_sk_error_report) && defined(OFF_SOCK_SK_ERR)
+/* inet_sk_error_report(sk): 5.14+ */
+RAW_TRACEPOINT_PROBE(inet_sk_error_report)
+{
+    return error_report((void *)ctx->args[0]);
 }
 #endif
 
@@ -786,4 +801,161 @@ RAW_TRACEPOINT_PROBE(signal_deliver)
     count(&key, METRIC_SIGPIPE);
     return 0;
 }
+#endif
+
+
+/* ---- function hooks: the rungs below a missing tracepoint (monitor/loader.py SIGNALS) ---- */
+
+/* send/recv return values before 6.3: what sock->ops->sendmsg/recvmsg (and ->sendpage, before 6.5) return
+ * for AF_INET/AF_INET6 sockets is what the socket call returns, the value sock_send_length reports. */
+#ifdef OFF_SOCKET_SK
+static __always_inline void *socket_sk(u64 sock)
+{
+    void *sk = 0;
+    if (sock)
+        bpf_probe_read_kernel(&sk, sizeof(sk), (void *)sock + OFF_SOCKET_SK);
+    return sk;
+}
+
+/* fexit: ctx[0..n-1] are the arguments, ctx[n] the return value (FEXIT_<fn> = n, from BTF). The success path
+ * returns at once, as in the tracepoint programs. */
+#define SOCKET_CALL_FEXIT(fn, op)                                   \
+    KRETFUNC_PROBE(fn, void *sock)                                  \
+    {                                                               \
+        int ret = (int)ctx[FEXIT_##fn];                             \
+        if (ret >= 0)                                               \
+            return 0;                                               \
+        return io_error(socket_sk(ctx[0]), ret, op);                \
+    }
+
+#ifdef FEXIT_inet_sendmsg
+SOCKET_CALL_FEXIT(inet_sendmsg, OP_SEND)
+#endif
+#ifdef FEXIT_inet6_sendmsg
+SOCKET_CALL_FEXIT(inet6_sendmsg, OP_SEND)
+#endif
+#ifdef FEXIT_inet_sendpage
+SOCKET_CALL_FEXIT(inet_sendpage, OP_SEND)
+#endif
+#ifdef FEXIT_inet_recvmsg
+SOCKET_CALL_FEXIT(inet_recvmsg, OP_RECV)
+#endif
+#ifdef FEXIT_inet6_recvmsg
+SOCKET_CALL_FEXIT(inet6_recvmsg, OP_RECV)
+#endif
+
+/* kretprobe: the return value only; the entry kprobe keeps the struct socket for it, per thread (a thread
+ * is in at most one of these calls; LRU: a return the kernel missed leaves an entry that ages out). */
+#if defined(KRETPROBE_inet_sendmsg) || defined(KRETPROBE_inet6_sendmsg) || defined(KRETPROBE_inet_sendpage) || \
+    defined(KRETPROBE_inet_recvmsg) || defined(KRETPROBE_inet6_recvmsg)
+BPF_TABLE("lru_hash", u32, u64, socket_calls, 16384); /* tid -> struct socket * of the call in flight */
+
+static __always_inline int socket_call_entry(struct pt_regs *ctx)
+{
+    u32 tid = bpf_get_current_pid_tgid();
+    u64 sock = PT_REGS_PARM1(ctx);
+    socket_calls.update(&tid, &sock);
+    return 0;
+}
+
+static __always_inline int socket_call_return(struct pt_regs *ctx, int op)
+{
+    u32 tid = bpf_get_current_pid_tgid();
+    u64 *sock = socket_calls.lookup(&tid), s;
+    int ret = (int)PT_REGS_RC(ctx);
+    if (!sock)
+        return 0;
+    s = *sock;
+    socket_calls.delete(&tid);
+    if (ret >= 0)
+        return 0;
+    return io_error(socket_sk(s), ret, op);
+}
+
+#define SOCKET_CALL_KRETPROBE(fn, op)                                                            \
+    int errnomon_entry__##fn(struct pt_regs *ctx) { return socket_call_entry(ctx); }            \
+    int errnomon_return__##fn(struct pt_regs *ctx) { return socket_call_return(ctx, op); }
+#endif
+
+#ifdef KRETPROBE_inet_sendmsg
+SOCKET_CALL_KRETPROBE(inet_sendmsg, OP_SEND)
+#endif
+#ifdef KRETPROBE_inet6_sendmsg
+SOCKET_CALL_KRETPROBE(inet6_sendmsg, OP_SEND)
+#endif
+#ifdef KRETPROBE_inet_sendpage
+SOCKET_CALL_KRETPROBE(inet_sendpage, OP_SEND)
+#endif
+#ifdef KRETPROBE_inet_recvmsg
+SOCKET_CALL_KRETPROBE(inet_recvmsg, OP_RECV)
+#endif
+#ifdef KRETPROBE_inet6_recvmsg
+SOCKET_CALL_KRETPROBE(inet6_recvmsg, OP_RECV)
+#endif
+#endif /* OFF_SOCKET_SK */
+
+/* error reports before 5.14: TCP sockets report through their sk_error_report callback, sock_def_error_report */
+#ifdef OFF_SOCK_SK_ERR
+#ifdef FENTRY_sock_def_error_report
+KFUNC_PROBE(sock_def_error_report, void *sk)
+{
+    return error_report((void *)ctx[0]);
+}
+#endif
+#ifdef KPROBE_sock_def_error_report
+int errnomon_kprobe__sock_def_error_report(struct pt_regs *ctx)
+{
+    return error_report((void *)PT_REGS_PARM1(ctx));
+}
+#endif
+#endif
+
+/* Resets sent before 6.10 that tcp:tcp_send_reset does not show: tcp_v{4,6}_send_reset(sk, skb) traces only
+ * full sockets, after returning early for a segment that is itself a reset. Here: the others, a segment no
+ * socket wanted (sk NULL: NO_SOCKET) and a time-wait socket's (TCP_TIMEWAIT_SOCKET), labelled with the
+ * reasons 6.10 gives them. Not seen here (as before 6.10's tracepoint): a socketless segment whose route
+ * is not local, and one failing its TCP-MD5 signature; both are dropped without a reset. */
+#if defined(OFF_SK_BUFF_HEAD) && defined(OFF_SK_BUFF_NETWORK_HEADER) && defined(OFF_SK_BUFF_TRANSPORT_HEADER)
+static __always_inline int reset_without_full_socket(void *sk, void *skb)
+{
+    struct errnomon_key key = {};
+    u8 state = 0, tcp_flags = 0;
+
+    if (sk) {
+        state = sock_state(sk);
+        if (state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV)
+            return 0;  /* a full socket: the tracepoint counts it */
+    }
+    if (!skb || !peer_from_segment(&key, skb, &tcp_flags) || (tcp_flags & TCPHDR_RST))
+        return 0;
+    key.state = state;
+    key.code = !sk ? RESET_REASON_NO_SOCKET : state == TCP_TIME_WAIT ? RESET_REASON_TIMEWAIT_SOCKET : 0;
+    count(&key, METRIC_TCP_RESETS_SENT);
+    return 0;
+}
+
+#ifdef FENTRY_tcp_v4_send_reset
+KFUNC_PROBE(tcp_v4_send_reset, void *sk)
+{
+    return reset_without_full_socket((void *)ctx[0], (void *)ctx[1]);
+}
+#endif
+#ifdef FENTRY_tcp_v6_send_reset
+KFUNC_PROBE(tcp_v6_send_reset, void *sk)
+{
+    return reset_without_full_socket((void *)ctx[0], (void *)ctx[1]);
+}
+#endif
+#ifdef KPROBE_tcp_v4_send_reset
+int errnomon_kprobe__tcp_v4_send_reset(struct pt_regs *ctx)
+{
+    return reset_without_full_socket((void *)PT_REGS_PARM1(ctx), (void *)PT_REGS_PARM2(ctx));
+}
+#endif
+#ifdef KPROBE_tcp_v6_send_reset
+int errnomon_kprobe__tcp_v6_send_reset(struct pt_regs *ctx)
+{
+    return reset_without_full_socket((void *)PT_REGS_PARM1(ctx), (void *)PT_REGS_PARM2(ctx));
+}
+#endif
 #endif

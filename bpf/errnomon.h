@@ -20,6 +20,11 @@
 #define SIGPIPE_HANDLED 2
 #define SIGPIPE_KILLED 3
 
+/* code of errnomon_tcp_resets_sent_total where the kernel names no reason (before 6.10) but errnomon knows it:
+ * decoded to the names 6.10 gives these resets. Far above the kernel's enum sk_rst_reason. */
+#define RESET_REASON_NO_SOCKET 65281
+#define RESET_REASON_TIMEWAIT_SOCKET 65282
+
 /* The key of the counting map; fields a metric does not use stay zero.
  * gen is the drain generation: the daemon only reads and deletes keys of the generation
  * the programs stopped writing one drain interval earlier, so no increment is lost. */

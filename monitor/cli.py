@@ -98,7 +98,7 @@ def main(argv=None):
     if args.ebpf:
         try:
             flags = loader.load(loader.preflight(), config.map_size, config.max_sockets,
-                                config.syscall_tracepoints, print_only=True)
+                                config.syscall_tracepoints, print_only=True, function_hooks=config.function_hooks)
         except loader.LoadError as e:
             return fail(str(e))
         with open(loader.SOURCE) as f:

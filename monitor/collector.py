@@ -24,7 +24,7 @@ HELP = {
 
 class ErrnoCollector:
     def __init__(self, aggregator, status):
-        """status: a callable returning {'attached': {probe: bool}, 'drops': {metric: n},
+        """status: a callable returning {'attached': {signal: [(probe, bool)]}, 'drops': {metric: n},
         'missed': {probe: n}}."""
         self.aggregator = aggregator
         self.status = status
@@ -42,14 +42,15 @@ class ErrnoCollector:
 
         status = self.status()
         attached = GaugeMetricFamily("errnomon_probe_attached",
-                                     "Whether the BPF program on this tracepoint is attached (1) or not (0).",
-                                     labels=["probe"])
-        for probe, ok in sorted(status["attached"].items()):
-            attached.add_metric([probe], 1 if ok else 0)
+                                     "The hook (tracepoint, or kind:kernel function) each signal uses: 1 if attached, "
+                                     "0 for a signal the kernel offers no hook for.", labels=["signal", "probe"])
+        for signal, hooks in sorted(status["attached"].items()):
+            for probe, ok in hooks:
+                attached.add_metric([signal, probe], 1 if ok else 0)
         yield attached
 
         missed = CounterMetricFamily("errnomon_probe_missed",
-                                     "Runs of the BPF program on this tracepoint that the kernel skipped because "
+                                     "Runs of the BPF program on this hook that the kernel skipped because "
                                      "another BPF program was running on the CPU (bpf_prog_info.recursion_misses): "
                                      "events lost uncounted.", labels=["probe"])
         for probe, n in sorted(status.get("missed", {}).items()):

@@ -33,7 +33,11 @@ MAX_NUMBER_CHARS = 32     # characters of one number, checked before int()/float
 
 # Settings that size kernel maps: they only take effect at start, a reload
 # cannot change them.
-KERNEL_KEYS = ("map_size", "max_sockets", "syscall_tracepoints")
+KERNEL_KEYS = ("map_size", "max_sockets", "syscall_tracepoints", "function_hooks")
+
+# Families of kernel-function hooks that stand in for tracepoints an older kernel lacks (monitor/loader.py
+# SIGNALS): fentry/fexit (BPF trampolines) and kprobe/kretprobe.
+FUNCTION_HOOK_FAMILIES = ("fentry", "kprobe")
 
 # Errnos that the kernel side filters out unless listed in kernel.count.
 COUNTABLE_ERRNOS = ("EAGAIN", "EINTR", "EINPROGRESS")
@@ -46,7 +50,7 @@ _SECTIONS = {
     "labels": ("pid", "unit", "pod", "pod_host_root"),
     "remote": ("groups", "ipv4_prefix", "ipv6_prefix"),
     "series": ("budget", "ttl"),
-    "kernel": ("count", "map_size", "max_sockets", "drain_interval", "syscall_tracepoints"),
+    "kernel": ("count", "map_size", "max_sockets", "drain_interval", "syscall_tracepoints", "function_hooks"),
 }
 _GROUP_KEYS = ("name", "cidrs")
 
@@ -83,6 +87,8 @@ class Config:
     max_sockets: int = 65536       # kernel.max_sockets (1024..4194304)
     drain_interval: float = 0.5    # kernel.drain_interval seconds (0.05..10)
     syscall_tracepoints: bool = False  # kernel.syscall_tracepoints: connect/accept exits (op=connect, accept)
+    # kernel.function_hooks: where a tracepoint is missing (older kernels), the kernel-function hooks allowed
+    function_hooks: tuple = FUNCTION_HOOK_FAMILIES
 
 
 # ---------------------------------------------------------------------------
@@ -267,6 +273,10 @@ class _Parser:
             )
         if "syscall_tracepoints" in kernel:
             fields["syscall_tracepoints"] = self.boolean(kernel["syscall_tracepoints"], "kernel.syscall_tracepoints")
+        if "function_hooks" in kernel:
+            chosen = self.names(kernel["function_hooks"], "kernel.function_hooks", FUNCTION_HOOK_FAMILIES,
+                                "hook family", "hook families")
+            fields["function_hooks"] = tuple(f for f in FUNCTION_HOOK_FAMILIES if f in chosen)
         if "drain_interval" in kernel:
             interval = self.duration(kernel["drain_interval"], "kernel.drain_interval")
             if not 0.05 <= interval <= 10.0:
@@ -279,13 +289,17 @@ class _Parser:
         return Config(**fields)
 
     def count(self, value: Any, path: str) -> frozenset:
-        allowed = ", ".join(COUNTABLE_ERRNOS)
+        return self.names(value, path, COUNTABLE_ERRNOS, "errno name")
+
+    def names(self, value: Any, path: str, allowed_names: tuple, noun: str, nouns: str = "") -> frozenset:
+        """A list of names, each one of allowed_names (null: none). nouns: the plural, if not noun + s."""
+        allowed = ", ".join(allowed_names)
         if value is None:
             return frozenset()
         if not isinstance(value, list):
             raise self.error(
                 path,
-                "expected a list of errno names (any of %s), got %s" % (allowed, _describe(value)),
+                "expected a list of %s (any of %s), got %s" % (nouns or noun + "s", allowed, _describe(value)),
             )
         names = set()
         for index, item in enumerate(value):
@@ -293,12 +307,14 @@ class _Parser:
             if not isinstance(item, str):
                 raise self.error(
                     item_path,
-                    "expected an errno name (one of %s), got %s" % (allowed, _describe(item)),
+                    "expected %s %s (one of %s), got %s" % ("an" if noun[0] in "aeiou" else "a", noun, allowed,
+                                                            _describe(item)),
                 )
-            if item not in COUNTABLE_ERRNOS:
+            if item not in allowed_names:
                 message = "%s cannot be listed here: allowed values are %s" % (_short(item), allowed)
-                if item.upper() in COUNTABLE_ERRNOS:
-                    message += "; did you mean %r?" % item.upper()
+                for name in allowed_names:
+                    if item.lower() == name.lower() and item != name:
+                        message += "; did you mean %r?" % name
                 raise self.error(item_path, message)
             names.add(item)
         return frozenset(names)

@@ -162,12 +162,12 @@ class Daemon:
         t0 = time.monotonic()
         try:
             self.programs = loader.load(tracefs, self.config.map_size, self.config.max_sockets,
-                                        self.config.syscall_tracepoints)
+                                        self.config.syscall_tracepoints, function_hooks=self.config.function_hooks)
         except loader.LoadError:
             self.httpd.server_close()
             raise
-        attached = sum(self.programs.attached.values())
-        log.info("attached %d of %d tracepoints in %.2fs", attached, len(self.programs.attached),
+        attached = sum(all(ok for _, ok in hooks) for hooks in self.programs.attached.values())
+        log.info("attached the hooks of %d of %d signals in %.2fs", attached, len(self.programs.attached),
                  time.monotonic() - t0)
         self.seed_owners()
         self.decoder = decode.Decoder(decode.reset_reasons(self.programs.formats.get("tcp:tcp_send_reset")))

@@ -35,6 +35,11 @@ def reset_reasons(format_text):
     return {int(num): name for num, name in re.findall(r"\{\s*(\d+)\s*,\s*\"(\w+)\"\s*\}", m.group(1))}
 
 
+# Resets errnomon recognises where the kernel names no reason (before 6.10): the names 6.10 gives them.
+KNOWN_RESETS = {abi.DEFINES["RESET_REASON_NO_SOCKET"]: "NO_SOCKET",
+                abi.DEFINES["RESET_REASON_TIMEWAIT_SOCKET"]: "TCP_TIMEWAIT_SOCKET"}
+
+
 def remote_address(family, raw):
     """The peer as an ipaddress object (IPv4-mapped IPv6 as IPv4), or None when unknown."""
     if family == AF_INET:
@@ -59,7 +64,8 @@ class Decoder:
             remote=remote_address(key.family, key.remote),
             port=key.port,
             state=TCP_STATES.get(key.state, "UNKNOWN") if metric == "tcp_resets_received" else None,
-            reason=self.reasons.get(key.code, "unknown") if metric == "tcp_resets_sent" else None,
+            reason=(self.reasons.get(key.code) or KNOWN_RESETS.get(key.code, "unknown")
+                    if metric == "tcp_resets_sent" else None),
             action=abi.SIGPIPE_ACTIONS.get(key.code, "unknown") if metric == "sigpipe" else None,
             pid=key.tgid,
             cgroup=key.cgroup,

@@ -7,6 +7,7 @@ socket (SCM_RIGHTS) and exits. The programs stay attached for as long as the dae
 descriptors; closing them detaches.
 """
 
+import collections
 import importlib.util
 import json
 import logging
@@ -24,22 +25,71 @@ log = logging.getLogger("errnomon.loader")
 SOURCE = os.path.join(abi.BPF_DIR, "errnomon.bpf.c")
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 
-# Every tracepoint the programs use, with what is lost when the kernel lacks it.
-PROBES = {
-    "sock:sock_send_length": "errors returned by send/write (op=send) and socket SIGPIPE are not counted (needs Linux 6.3)",
-    "sock:sock_recv_length": "errors returned by recv/read (op=recv) are not counted (needs Linux 6.3)",
-    "syscalls:sys_enter_connect": "connect() errors (op=connect) are not counted",
-    "syscalls:sys_exit_connect": "connect() errors (op=connect) are not counted",
-    "syscalls:sys_exit_accept4": "accept4() errors (op=accept) are not counted",
-    "syscalls:sys_exit_accept": "accept() errors (op=accept) are not counted",
-    "sock:inet_sock_set_state": "FINs are not counted and kernel-side events lose their owner (needs Linux 4.16)",
-    "tcp:tcp_destroy_sock": "the socket owner table relies on LRU eviction alone",
-    "tcp:tcp_receive_reset": "resets received are not counted",
-    "tcp:tcp_send_reset": "resets sent are not counted",
-    "sock:inet_sk_error_report": "socket error reports are not counted (needs Linux 5.14 and kernel BTF)",
-    "signal:signal_generate": "SIGPIPE is not counted",
-    "signal:signal_deliver": "SIGPIPE is not counted",
-}
+# The hook ladder: every signal the programs count, and the hooks that can deliver it, cheapest exact one
+# first. At start-up each signal takes the first rung the running kernel offers (choose_hooks).
+#   tracepoint  a (raw) tracepoint: "category:event" (needs the event; raw ones also its BTF prototype)
+#   fexit       the return value of a kernel function (BPF trampoline: needs kernel BTF and
+#   fentry      its arguments           CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS; 5.5+)
+#   kretprobe   the return value (an entry kprobe keeps the arguments): needs CONFIG_KPROBES
+#   kprobe      the arguments
+# A target ending in "?" is attached where the kernel has it and not needed where it does not.
+Hook = collections.namedtuple("Hook", "kind targets")
+Signal = collections.namedtuple("Signal", "name lost rungs")
+
+TRACEPOINT, FEXIT, FENTRY, KRETPROBE, KPROBE = "tracepoint", "fexit", "fentry", "kretprobe", "kprobe"
+# kernel.function_hooks names the families: fexit and fentry are "fentry", kretprobe and kprobe "kprobe"
+FAMILY = {FEXIT: "fentry", FENTRY: "fentry", KRETPROBE: "kprobe", KPROBE: "kprobe"}
+FUNCTION_HOOK_FAMILIES = ("fentry", "kprobe")
+
+# What sock_sendmsg/sock_recvmsg call for AF_INET/AF_INET6 sockets (sock->ops->sendmsg): the value they
+# return is the one sock:sock_send_length reports from 6.3, the one the application gets. sendfile and
+# splice send through ->sendpage until 6.5 (from 6.5 through sendmsg, with MSG_SPLICE_PAGES).
+SEND_FUNCTIONS = ("inet_sendmsg", "inet6_sendmsg", "inet_sendpage?")
+RECV_FUNCTIONS = ("inet_recvmsg", "inet6_recvmsg")
+# Before 6.10, tcp:tcp_send_reset fires in tcp_v{4,6}_send_reset only for full sockets: a reset for a segment
+# no socket wanted (NO_SOCKET) or from a time-wait socket is seen at the function.
+RESET_FUNCTIONS = ("tcp_v4_send_reset", "tcp_v6_send_reset?")
+# Before 5.14 (no sk_error_report() and its tracepoint), TCP sockets report errors through this callback.
+ERROR_REPORT_FUNCTIONS = ("sock_def_error_report",)
+
+SIGNALS = (
+    Signal("send_errors", "errors returned by send/write/sendfile (op=send) and socket SIGPIPE are not counted", (
+        Hook(TRACEPOINT, ("sock:sock_send_length",)), Hook(FEXIT, SEND_FUNCTIONS), Hook(KRETPROBE, SEND_FUNCTIONS))),
+    Signal("recv_errors", "errors returned by recv/read (op=recv) are not counted", (
+        Hook(TRACEPOINT, ("sock:sock_recv_length",)), Hook(FEXIT, RECV_FUNCTIONS), Hook(KRETPROBE, RECV_FUNCTIONS))),
+    Signal("connect_errors", "connect() errors (op=connect) are not counted", (
+        Hook(TRACEPOINT, ("syscalls:sys_enter_connect", "syscalls:sys_exit_connect")),)),
+    Signal("accept_errors", "accept() errors (op=accept) are not counted", (
+        Hook(TRACEPOINT, ("syscalls:sys_exit_accept4", "syscalls:sys_exit_accept?")),)),
+    Signal("socket_states", "FINs are not counted and kernel-side events lose their owner (needs Linux 4.16)", (
+        Hook(TRACEPOINT, ("sock:inet_sock_set_state",)),)),
+    Signal("socket_frees", "the socket owner table relies on LRU eviction alone", (
+        Hook(TRACEPOINT, ("tcp:tcp_destroy_sock",)),)),
+    Signal("resets_received", "resets received are not counted", (Hook(TRACEPOINT, ("tcp:tcp_receive_reset",)),)),
+    Signal("resets_sent", "resets sent are not counted", (Hook(TRACEPOINT, ("tcp:tcp_send_reset",)),)),
+    Signal("resets_sent_without_socket", "resets sent for segments no socket wanted (NO_SOCKET) and by time-wait "
+           "sockets are not counted", (
+               Hook(TRACEPOINT, ("tcp:tcp_send_reset",)), Hook(FENTRY, RESET_FUNCTIONS), Hook(KPROBE, RESET_FUNCTIONS))),
+    Signal("error_reports", "socket error reports are not counted", (
+        Hook(TRACEPOINT, ("sock:inet_sk_error_report",)), Hook(FENTRY, ERROR_REPORT_FUNCTIONS),
+        Hook(KPROBE, ERROR_REPORT_FUNCTIONS))),
+    Signal("sigpipe", "SIGPIPE is not counted", (Hook(TRACEPOINT, ("signal:signal_generate", "signal:signal_deliver")),)),
+)
+SIGNAL_NAMES = tuple(s.name for s in SIGNALS)
+OPT_IN = {"connect_errors", "accept_errors"}  # syscall tracepoints: kernel.syscall_tracepoints
+
+
+def bare(target):
+    return target.rstrip("?")
+
+
+# Every tracepoint any rung uses, with what is lost when the kernel lacks it.
+PROBES = {}
+for _signal in SIGNALS:
+    for _hook in _signal.rungs:
+        if _hook.kind == TRACEPOINT:
+            for _target in _hook.targets:
+                PROBES.setdefault(bare(_target), _signal.lost)
 SYSCALL_PROBES = {p for p in PROBES if p.startswith("syscalls:")}
 # Everything but the syscalls is attached raw: the kernel skips a raw tracepoint program only when it would
 # recurse into itself, while a perf-event one is skipped silently whenever another tracing program is
@@ -49,9 +99,14 @@ RAW_TRACEPOINTS = set(PROBES) - SYSCALL_PROBES
 RAW_ARITY = {"sock:sock_send_length": 2, "sock:sock_recv_length": 2, "sock:inet_sock_set_state": 3,
              "tcp:tcp_destroy_sock": 1, "tcp:tcp_receive_reset": 1, "tcp:tcp_send_reset": 2,
              "sock:inet_sk_error_report": 1, "signal:signal_generate": 5, "signal:signal_deliver": 3}
-# Probes compiled only as a pair; missing one disables both.
-PAIRS = (("syscalls:sys_enter_connect", "syscalls:sys_exit_connect"),
-         ("signal:signal_generate", "signal:signal_deliver"))
+# A rung that needs more of a tracepoint than its program reads: resets without a socket come through
+# tcp_send_reset only where it has the reset reason (6.10, the same change made it fire for them).
+RUNG_ARITY = {("resets_sent_without_socket", "tcp:tcp_send_reset"): 3}
+# Kernel functions the programs read, with the arguments they read (BTF prototypes must have at least that).
+FUNCTION_ARITY = {"inet_sendmsg": 3, "inet6_sendmsg": 3, "inet_sendpage": 5, "inet_recvmsg": 4, "inet6_recvmsg": 4,
+                  "tcp_v4_send_reset": 2, "tcp_v6_send_reset": 2, "sock_def_error_report": 1}
+# kretprobe instances per function: one per call blocked in it at once (a recv can block for hours)
+KRETPROBE_MAXACTIVE = 4096
 
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 
@@ -154,6 +209,7 @@ def tracepoint_format(tracefs, probe):
 LAYOUT = {
     ("sock_common", "skc_v6_daddr"): "IPv6 peers of sockets without an owner entry are unknown (remote=\"\")",
     ("sock_common", "skc_cookie"): "sockets opened before errnomon started keep no owner (only their listeners do)",
+    ("socket", "sk"): None,  # the sock of the struct socket the send/recv functions take (before 6.3)
     ("sock", "sk_protocol"): "SCTP and DCCP state changes are taken for TCP's",
     ("sock", "sk_err"): "socket error reports and connect failures are not counted",
     ("sock", "sk_err_soft"): "connect failures whose ICMP error arrived while connect() held the socket are not counted",
@@ -175,7 +231,15 @@ BASES = {("sk_buff", "cb"), ("sock", "sk_error_queue")}  # members read only as 
 # Members read whole as an unsigned integer of their own size: -D<NAME>=u8/u16/u32/u64.
 LAYOUT_TYPES = {("pipe_inode_info", "tail"): "PIPE_INDEX_TYPE"}
 STABLE_HEAD = {"skc_daddr": 0, "skc_dport": 12, "skc_num": 14, "skc_family": 16, "skc_state": 18}
-NEEDS_LAYOUT = {"sock:inet_sk_error_report": ("sock", "sk_err")}
+# Offsets a signal's programs cannot do without, on every rung or on the function rungs only.
+NEEDS_LAYOUT = {"error_reports": (("sock", "sk_err"),)}
+FUNCTION_NEEDS_LAYOUT = {"send_errors": (("socket", "sk"),), "recv_errors": (("socket", "sk"),),
+                         "resets_sent_without_socket": (("sk_buff", "head"), ("sk_buff", "network_header"),
+                                                        ("sk_buff", "transport_header"))}
+
+
+def layout_name(struct_name, member):
+    return "OFF_%s_%s" % (struct_name.upper(), member.upper().replace(".", "_"))
 
 
 def layout_flags(kernel_btf):
@@ -198,7 +262,7 @@ def layout_flags(kernel_btf):
             if what:
                 lost.append(what)
             continue
-        flags.append("-DOFF_%s_%s=%d" % (struct_name.upper(), member.upper().replace(".", "_"), m.bit_offset // 8))
+        flags.append("-D%s=%d" % (layout_name(struct_name, member), m.bit_offset // 8))
         if member == "sk_protocol":
             flags.append("-DSK_PROTOCOL_TYPE=%s" % ("u8" if m.bitfield_size or size == 1 else "u16"))
         if (struct_name, member) in LAYOUT_TYPES and size <= 8:
@@ -206,21 +270,24 @@ def layout_flags(kernel_btf):
     return flags, lost
 
 
-def compile_flags(available, formats, map_size, max_sockets, layout=(), send_reset_arity=None):
-    """send_reset_arity: arguments of the tcp_send_reset raw tracepoint per BTF (None: unknown)."""
+def compile_flags(available, formats, map_size, max_sockets, layout=(), send_reset_arity=None, hooks=()):
+    """available: the tracepoints to compile programs for; send_reset_arity: arguments of the tcp_send_reset
+    raw tracepoint per BTF (None: unknown); hooks: the function-hook flags of hook_flags()."""
     flags = ["-I" + abi.BPF_DIR, "-DMAP_SIZE=%d" % map_size, "-DMAX_SOCKETS=%d" % max_sockets,
              "-w"]  # the generic headers bcc may be given warn by the hundred; errors still show
     for probe in sorted(available):
         flags.append("-DHAVE_" + probe.replace(":", "__"))
     flags.extend(layout)
-    if send_reset_arity is None:  # without BTF: the format file has the field from 6.10, as the argument
-        reset_fmt = formats.get("tcp:tcp_send_reset") or ""
-        has_reason = bool(re.search(r"field:[^;]*\breason;", reset_fmt))
-    else:
-        has_reason = send_reset_arity >= 3
-    if has_reason:
+    if has_reset_reason(formats, send_reset_arity):
         flags.append("-DHAVE_TCP_SEND_RESET_REASON")
+    flags.extend(hooks)
     return flags
+
+
+def has_reset_reason(formats, send_reset_arity):
+    if send_reset_arity is None:  # without BTF: the format file has the field from 6.10, as the argument
+        return bool(re.search(r"field:[^;]*\breason;", formats.get("tcp:tcp_send_reset") or ""))
+    return send_reset_arity >= 3
 
 
 def ephemeral_ports(path="/proc/sys/net/ipv4/ip_local_port_range"):
@@ -235,12 +302,163 @@ def ephemeral_ports(path="/proc/sys/net/ipv4/ip_local_port_range"):
         return 0, 0
 
 
+# ---- choosing a rung per signal ----
+
+# What the running kernel offers, as choose_hooks needs it (facts(); tests build their own).
+Facts = collections.namedtuple("Facts", "tracepoints tracepoint_args functions btf kprobes layout")
+# tracepoints: the events present; tracepoint_args: {event: arguments of its raw tracepoint, None if unknown};
+# functions: {kernel function: its arguments per BTF (None: present, arity unknown)}; btf, kprobes: bool;
+# layout: the OFF_* names layout_flags() could fill.
+
+
+def function_targets():
+    return sorted({bare(t) for s in SIGNALS for h in s.rungs if h.kind != TRACEPOINT for t in h.targets})
+
+
+def traceable_functions(tracefs):
+    """Functions kprobes can attach to, without BTF: tracefs available_filter_functions (names only)."""
+    names = set()
+    try:
+        with open(os.path.join(tracefs, "available_filter_functions")) as f:
+            for line in f:
+                names.add(line.split()[0] if line.strip() else "")
+    except OSError:
+        pass
+    return names
+
+
+def facts(tracefs, formats, kernel_btf, layout):
+    tracepoints = {p for p, text in formats.items() if text is not None}
+    args = {}
+    for probe in tracepoints & RAW_TRACEPOINTS:
+        proto = kernel_btf.tracepoint_proto(probe.split(":")[1]) if kernel_btf is not None else None
+        args[probe] = len(proto) if proto is not None else None
+    if kernel_btf is None and "tcp:tcp_send_reset" in tracepoints:
+        args["tcp:tcp_send_reset"] = 3 if has_reset_reason(formats, None) else 2
+    kprobes = bool(tracefs) and os.path.exists(os.path.join(tracefs, "kprobe_events"))
+    functions = {}
+    if kernel_btf is not None:
+        for name in function_targets():
+            proto = kernel_btf.func_proto(name)
+            if proto is not None:
+                functions[name] = len(proto[1])
+    elif kprobes:
+        present = traceable_functions(tracefs)
+        functions = {name: None for name in function_targets() if name in present}
+    return Facts(tracepoints, args, functions, kernel_btf is not None, kprobes,
+                 {f[2:].split("=")[0] for f in layout})
+
+
+def _targets_problem(targets, present, needed, what):
+    """Why targets cannot be hooked: a required one missing from present ({name: arguments or None}), or
+    with fewer arguments than needed(name)."""
+    for target in targets:
+        name = bare(target)
+        if name not in present:
+            if target.endswith("?"):
+                continue
+            return "no %s %s" % (what, name)
+        have, need = present[name], needed(name)
+        if need is not None and have is not None and have < need:
+            return "%s %s has %d arguments, %d needed" % (what, name, have, need)
+    return None
+
+
+def rung_problem(signal, hook, kernel, families):
+    """Why this rung cannot deliver the signal on this kernel, or None if it can."""
+    if hook.kind == TRACEPOINT:
+        present = {p: kernel.tracepoint_args.get(p) for p in kernel.tracepoints}
+        return _targets_problem(hook.targets, present,
+                                lambda p: RUNG_ARITY.get((signal.name, p), RAW_ARITY.get(p)), "tracepoint")
+    if FAMILY[hook.kind] not in families:
+        return "%s hooks not allowed (kernel.function_hooks)" % FAMILY[hook.kind]
+    if FAMILY[hook.kind] == "fentry" and not kernel.btf:
+        return "%s needs kernel BTF" % hook.kind
+    if FAMILY[hook.kind] == "kprobe" and not kernel.kprobes:
+        return "no kprobes in this kernel (CONFIG_KPROBES)"
+    for struct_name, member in FUNCTION_NEEDS_LAYOUT.get(signal.name, ()):
+        if layout_name(struct_name, member) not in kernel.layout:
+            return "%s needs %s.%s from kernel BTF" % (hook.kind, struct_name, member)
+    problem = _targets_problem(hook.targets, kernel.functions, FUNCTION_ARITY.get, "function")
+    if problem is None and hook.kind == FEXIT and any(kernel.functions.get(bare(t), 0) is None for t in hook.targets):
+        return "fexit needs each function's arity from BTF"
+    return problem
+
+
+def hook_label(kind, target):
+    """The probe label of one hooked target: the tracepoint itself, or kind:function."""
+    return target if kind == TRACEPOINT else "%s:%s" % (kind, target)
+
+
+def choose_hooks(kernel, families=FUNCTION_HOOK_FAMILIES, syscalls=False):
+    """For each signal, the first rung the kernel offers. Returns ({signal: (hook, [targets to attach])},
+    {signal: why the cheaper rungs, or every rung, could not be used})."""
+    chosen, why = {}, {}
+    for signal in SIGNALS:
+        if signal.name in OPT_IN and not syscalls:
+            continue
+        missing = [layout_name(*need) for need in NEEDS_LAYOUT.get(signal.name, ())
+                   if layout_name(*need) not in kernel.layout]
+        if missing:
+            why[signal.name] = "needs %s from kernel BTF" % ", ".join(missing)
+            continue
+        problems = []
+        for hook in signal.rungs:
+            problem = rung_problem(signal, hook, kernel, families)
+            if problem is None:
+                present = kernel.tracepoints if hook.kind == TRACEPOINT else kernel.functions
+                chosen[signal.name] = (hook, [bare(t) for t in hook.targets if bare(t) in present])
+                break
+            problems.append(problem)
+        if problems:
+            why[signal.name] = "; ".join(problems)
+    return chosen, why
+
+
+def chosen_tracepoints(chosen):
+    return {t for hook, targets in chosen.values() if hook.kind == TRACEPOINT for t in targets}
+
+
+def hook_flags(chosen, kernel):
+    """-D flags that compile the function-hook programs: FEXIT_<fn>=<arguments> (ctx[n] is the return value),
+    FENTRY_<fn>, KRETPROBE_<fn>, KPROBE_<fn>."""
+    flags = set()
+    for hook, targets in chosen.values():
+        for target in targets if hook.kind != TRACEPOINT else ():
+            if hook.kind == FEXIT:
+                flags.add("-DFEXIT_%s=%d" % (target, kernel.functions[target]))
+            else:
+                flags.add("-D%s_%s=1" % (hook.kind.upper(), target))
+    return sorted(flags)
+
+
+def describe_choice(chosen, why):
+    """One line per signal for the start-up log: the hook it uses, and why not a cheaper one."""
+    lines = []
+    for signal in SIGNALS:
+        if signal.name in chosen:
+            hook, targets = chosen[signal.name]
+            text = "%s: %s" % (signal.name, ", ".join(hook_label(hook.kind, t) for t in targets))
+            if signal.name in why:
+                text += " (%s)" % why[signal.name]
+            lines.append((logging.INFO, text))
+        elif signal.name in why:
+            lines.append((logging.WARNING, "%s: not attached, %s (%s)" % (signal.name, signal.lost, why[signal.name])))
+    return lines
+
+
 # the maps the daemon uses, in the order their fds are passed
 MAPS = ("counts", "drops", "settings", "seeded", "listeners")
+# bcc names of the function-hook programs: KFUNC_PROBE/KRETFUNC_PROBE (kfunc__vmlinux__ from bcc 0.23),
+# and the kprobes the child attaches itself (any other prefix would make bcc attach them on its own)
+_FUNCTION_PROGRAM = re.compile(r"^(kfunc|kretfunc|errnomon_kprobe|errnomon_entry|errnomon_return)__(?:vmlinux__)?(\w+)$")
+_PROGRAM_KIND = {"kfunc": FENTRY, "kretfunc": FEXIT, "errnomon_kprobe": KPROBE, "errnomon_return": KRETPROBE,
+                 "errnomon_entry": "kretprobe-entry"}
 
 
 def probe_of_function(name):
-    """The probe a bcc function name belongs to: raw_tracepoint__tcp_send_reset -> tcp:tcp_send_reset."""
+    """The probe a bcc function name belongs to: raw_tracepoint__tcp_send_reset -> tcp:tcp_send_reset,
+    kretfunc__vmlinux__inet_sendmsg -> fexit:inet_sendmsg."""
     if name.startswith("raw_tracepoint__"):
         event = name[len("raw_tracepoint__"):]
         for probe in RAW_TRACEPOINTS:
@@ -248,6 +466,9 @@ def probe_of_function(name):
                 return probe
     elif name.startswith("tracepoint__"):
         return name[len("tracepoint__"):].replace("__", ":", 1)
+    m = _FUNCTION_PROGRAM.match(name)
+    if m:
+        return hook_label(_PROGRAM_KIND[m.group(1)], m.group(2))
     return None
 
 
@@ -257,15 +478,18 @@ class Programs:
 
     close() detaches."""
 
-    def __init__(self, map_fds, attachment_fds, attached, formats, flags, prog_fds=None, ephemeral=(0, 0)):
+    def __init__(self, map_fds, attachment_fds, attached, formats, flags, prog_fds=None, ephemeral=(0, 0),
+                 legacy_kprobes=(), tracefs=None):
         self.counts_fd, self._drops_fd, self._settings_fd = (map_fds[name] for name in MAPS[:3])
         self.seeded_fd, self.listeners_fd = map_fds["seeded"], map_fds["listeners"]  # monitor/seed.py
         self.prog_fds = dict(prog_fds or {})  # probe name -> program fd
         self._fds = list(map_fds.values()) + list(attachment_fds) + list(self.prog_fds.values())
-        self.attached = attached          # probe name -> bool
-        self.formats = formats            # probe name -> format file text (None if missing)
+        self.attached = attached          # signal -> [(probe, attached)]
+        self.formats = formats            # tracepoint -> format file text (None if missing)
         self.flags = flags
         self.ephemeral = ephemeral
+        self._legacy_kprobes = list(legacy_kprobes)  # tracefs kprobe events to remove at close
+        self._tracefs = tracefs
         self._cpus = bpfmap.possible_cpus()
 
     def missed(self):
@@ -295,6 +519,20 @@ class Programs:
         for fd in self._fds:
             os.close(fd)
         self._fds = []
+        remove_kprobe_events(self._tracefs, self._legacy_kprobes)
+        self._legacy_kprobes = []
+
+
+def remove_kprobe_events(tracefs, events):
+    """kretprobes with a maxactive are made through tracefs (bcc cannot make them with perf_event_open): the
+    event outlives its fd until removed."""
+    for event in events:
+        try:
+            with open(os.path.join(tracefs, "kprobe_events"), "a") as f:
+                f.write("-:%s\n" % event)
+        except OSError as e:
+            log.warning("could not remove kprobe event %s (%s): remove it with echo '-:%s' >> %s/kprobe_events",
+                        event, e, event, tracefs)
 
 
 def preflight():
@@ -305,59 +543,71 @@ def preflight():
     return find_tracefs()
 
 
-def available_probes(bcc, excluded=(), kernel_btf=None, layout=()):
-    # Raw tracepoints (Linux 4.17) predate every tracepoint used raw here but tcp_destroy_sock and
-    # tcp_*_reset (4.15): tracepoint_exists() suffices on the kernels errnomon supports.
-    # Not bcc's BPF.support_raw_tracepoint(): it reads /proc/kallsyms addresses, which need euid 0 and
-    # CAP_SYSLOG, are zeroed by kptr_restrict=2 and hidden by systemd's ProtectKernelTunables=.
-    available = {p for p in PROBES if p not in excluded and bcc.BPF.tracepoint_exists(*p.split(":"))}
-    return usable_probes(available, kernel_btf, layout)
-
-
-def usable_probes(available, kernel_btf=None, layout=()):
-    """Of the tracepoints the kernel has, those the programs can attach to: prototype (when BTF tells it)
-    and needed offsets present, pairs complete."""
-    available = set(available)
-    if kernel_btf is not None:
-        for probe in sorted(available & RAW_TRACEPOINTS):
-            proto = kernel_btf.tracepoint_proto(probe.split(":")[1])
-            if proto is not None and len(proto) < RAW_ARITY[probe]:
-                log.warning("raw tracepoint %s has %d arguments on this kernel, errnomon reads %d: not attached",
-                            probe, len(proto), RAW_ARITY[probe])
-                available.discard(probe)
-    for probe, (struct_name, member) in NEEDS_LAYOUT.items():
-        if "-DOFF_%s_%s" % (struct_name.upper(), member.upper()) not in {f.split("=")[0] for f in layout}:
-            available.discard(probe)
-    for a, b in PAIRS:
-        if not (a in available and b in available):
-            available -= {a, b}
-    return available
-
-
 def send_reset_arity(kernel_btf):
     proto = kernel_btf.tracepoint_proto("tcp_send_reset") if kernel_btf is not None else None
     return None if proto is None else len(proto)
 
 
-def _compile_and_attach(sock, formats, map_size, max_sockets, excluded, layout, arity):
-    """In the child: everything bcc. Sends {'available', 'flags', 'programs'} or {'error'} and the fds."""
+class FentryRefused(Exception):
+    """Compiling, loading or attaching failed with fentry/fexit programs in: the kernel may have no BPF
+    trampolines, or a security policy refuses them (this project's CI host does). Tried again without."""
+
+
+def _attachment_fds(bpf):
+    fds = list(bpf.tracepoint_fds.values()) + list(bpf.raw_tracepoint_fds.values())
+    fds += list(getattr(bpf, "kfunc_entry_fds", {}).values()) + list(getattr(bpf, "kfunc_exit_fds", {}).values())
+    for value in bpf.kprobe_fds.values():  # bcc 0.18: {event: fd}; 0.23+: {event: {function: fd}}
+        fds.extend(value.values() if isinstance(value, dict) else [value])
+    return fds
+
+
+def _legacy_kprobe_events(tracefs, pid):
+    """The tracefs kprobe events bcc made in process pid (named ..._bcc_<pid>): group/event."""
+    events = []
+    try:
+        with open(os.path.join(tracefs, "kprobe_events")) as f:
+            for line in f:
+                m = re.match(r"^[pr]\d*:(\S+_bcc_%d)\s" % pid, line)
+                if m:
+                    events.append(m.group(1))
+    except OSError:
+        pass
+    return events
+
+
+def _compile_and_attach(sock, tracefs, flags, chosen):
+    """In the child: everything bcc. Sends {'flags', 'programs', 'attachments', 'legacy'} or {'error'} and the fds."""
+    fentry = any(FAMILY.get(hook.kind) == "fentry" for hook, _ in chosen.values())
     try:
         bcc = import_bcc()
-        kernel_btf = btf.BTF.load()
-        available = available_probes(bcc, excluded, kernel_btf, layout)
-        flags = compile_flags(available, formats, map_size, max_sockets, layout, arity)
         try:
             bpf = bcc.BPF(src_file=SOURCE.encode(), cflags=flags)
         except Exception as e:  # bcc raises bare Exception on compile or attach failure
+            if fentry:  # refused at load or attach (bcc words it variously, e.g. "Need super-user privileges")
+                raise FentryRefused(str(e))
             raise LoadError("compiling or attaching the BPF programs failed (%s): the compiler's messages are "
                             "above; check the kernel headers bcc uses (make setup)" % e)
-        attachments = list(bpf.tracepoint_fds.values()) + list(bpf.raw_tracepoint_fds.values())
+        for hook, targets in chosen.values():
+            for target in targets:
+                try:
+                    if hook.kind == KRETPROBE:
+                        bpf.attach_kprobe(event=target, fn_name="errnomon_entry__" + target)
+                        bpf.attach_kretprobe(event=target, fn_name="errnomon_return__" + target,
+                                             maxactive=KRETPROBE_MAXACTIVE)
+                    elif hook.kind == KPROBE:
+                        bpf.attach_kprobe(event=target, fn_name="errnomon_kprobe__" + target)
+                except Exception as e:
+                    raise LoadError("attaching a %s to %s failed (%s): set kernel.function_hooks to [] to run "
+                                    "without function hooks" % (hook.kind, target, e))
+        attachments = _attachment_fds(bpf)
         programs = sorted((probe_of_function(name.decode() if isinstance(name, bytes) else name), fn.fd)
                           for name, fn in bpf.funcs.items())
         programs = [(probe, fd) for probe, fd in programs if probe]
         fds = [bpf[name].get_fd() for name in MAPS] + attachments + [fd for _, fd in programs]
-        message = {"available": sorted(available), "flags": flags, "programs": [p for p, _ in programs],
-                   "attachments": len(attachments)}
+        message = {"flags": flags, "programs": [p for p, _ in programs], "attachments": len(attachments),
+                   "legacy": _legacy_kprobe_events(tracefs, os.getpid())}
+    except FentryRefused as e:
+        fds, message = [], {"fentry_refused": str(e)}
     except LoadError as e:
         fds, message = [], {"error": str(e)}
     except Exception as e:  # anything else must still reach the parent as one line
@@ -365,28 +615,13 @@ def _compile_and_attach(sock, formats, map_size, max_sockets, excluded, layout, 
     socket.send_fds(sock, [json.dumps(message).encode()], fds)
 
 
-def load(tracefs, map_size, max_sockets, syscall_tracepoints=False, print_only=False):
-    """Attach everything the kernel has, less the syscalls: tracepoints if syscall_tracepoints is false
-    (those are then neither attached nor reported as probes). tracefs: what preflight() returned."""
-    formats = {p: tracepoint_format(tracefs, p) for p in PROBES}
-    excluded = set() if syscall_tracepoints else SYSCALL_PROBES
-    kernel_btf = btf.BTF.load()
-    layout, lost = layout_flags(kernel_btf)
-    arity = send_reset_arity(kernel_btf)
-    if print_only:
-        available = available_probes(import_bcc(), excluded, kernel_btf, layout)
-        return compile_flags(available, formats, map_size, max_sockets, layout, arity)
-    if lost:
-        log.warning("kernel BTF (%s) is %s: %s", btf.VMLINUX,
-                    "missing or unreadable" if kernel_btf is None else "missing members errnomon reads",
-                    "; ".join(lost))
-    del kernel_btf  # the child reads it again; the daemon keeps none of it
+def _run_child(tracefs, flags, chosen):
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child's work is checked by every BPF test
         parent.close()
         try:
-            _compile_and_attach(child, formats, map_size, max_sockets, excluded, layout, arity)
+            _compile_and_attach(child, tracefs, flags, chosen)
         finally:
             os._exit(0)  # no cleanup: bcc would detach what the parent now holds
     child.close()
@@ -397,18 +632,69 @@ def load(tracefs, map_size, max_sockets, syscall_tracepoints=False, print_only=F
         os.waitpid(pid, 0)
     if not data:
         raise LoadError("the process compiling the BPF programs died: see the messages above")
-    message = json.loads(data)
+    return json.loads(data), fds
+
+
+def plan(tracefs, formats, kernel_btf, layout, map_size, max_sockets, syscalls, families):
+    """(chosen hooks, why, compile flags) for this kernel."""
+    kernel = facts(tracefs, formats, kernel_btf, layout)
+    chosen, why = choose_hooks(kernel, families, syscalls)
+    flags = compile_flags(chosen_tracepoints(chosen), formats, map_size, max_sockets, layout,
+                          send_reset_arity(kernel_btf), hook_flags(chosen, kernel))
+    return chosen, why, flags
+
+
+def load(tracefs, map_size, max_sockets, syscall_tracepoints=False, print_only=False,
+         function_hooks=FUNCTION_HOOK_FAMILIES):
+    """Attach, for every signal, the cheapest hook the kernel offers (the syscall tracepoints only if
+    syscall_tracepoints; function hooks only of the families in function_hooks). tracefs: what preflight()
+    returned."""
+    formats = {p: tracepoint_format(tracefs, p) for p in PROBES}
+    kernel_btf = btf.BTF.load()
+    layout, lost = layout_flags(kernel_btf)
+    families = tuple(function_hooks)
+    chosen, why, flags = plan(tracefs, formats, kernel_btf, layout, map_size, max_sockets, syscall_tracepoints,
+                              families)
+    if print_only:
+        return flags
+    if lost:
+        log.warning("kernel BTF (%s) is %s: %s", btf.VMLINUX,
+                    "missing or unreadable" if kernel_btf is None else "missing members errnomon reads",
+                    "; ".join(lost))
+    message, fds = _run_child(tracefs, flags, chosen)
+    if "fentry_refused" in message:
+        log.warning("fentry/fexit programs could not attach on this kernel (%s): using the next hook of each signal",
+                    message["fentry_refused"])
+        families = tuple(f for f in families if f != "fentry")
+        chosen, why2, flags = plan(tracefs, formats, kernel_btf, layout, map_size, max_sockets,
+                                   syscall_tracepoints, families)
+        why = {s: "fentry refused; " + w for s, w in why2.items()}
+        message, fds = _run_child(tracefs, flags, chosen)
+    del kernel_btf  # the daemon keeps none of it
     if "error" in message:
         raise LoadError(message["error"])
-    available = set(message["available"])
-    for probe in sorted(set(PROBES) - available - excluded):
-        if formats.get(probe) is not None:
-            continue  # present, but not attachable here: the BTF or prototype warning above says why
-        log.warning("tracepoint %s is missing on this kernel: %s", probe, PROBES[probe])
-    if excluded:
+    for level, line in describe_choice(chosen, why):
+        log.log(level, "%s", line)
+    if not syscall_tracepoints:
         log.info("syscall tracepoints off (kernel.syscall_tracepoints): %s", PROBES["syscalls:sys_exit_connect"])
     map_fds = dict(zip(MAPS, fds[:len(MAPS)]))
     n = len(MAPS) + message["attachments"]
     prog_fds = dict(zip(message["programs"], fds[n:]))
-    attached = {p: p in available for p in PROBES if p not in excluded}
-    return Programs(map_fds, fds[len(MAPS):n], attached, formats, message["flags"], prog_fds, ephemeral_ports())
+    attached = attachment_report(chosen, syscall_tracepoints)
+    return Programs(map_fds, fds[len(MAPS):n], attached, formats, message["flags"], prog_fds, ephemeral_ports(),
+                    message.get("legacy", ()), tracefs)
+
+
+def attachment_report(chosen, syscalls):
+    """{signal: [(probe, attached)]}: the hooks each signal uses, or its first rung, not attached."""
+    report = {}
+    for signal in SIGNALS:
+        if signal.name in OPT_IN and not syscalls:
+            continue
+        if signal.name in chosen:
+            hook, targets = chosen[signal.name]
+            report[signal.name] = [(hook_label(hook.kind, t), True) for t in targets]
+        else:
+            first = signal.rungs[0]
+            report[signal.name] = [(hook_label(first.kind, bare(first.targets[0])), False)]
+    return report

@@ -29,6 +29,18 @@ kernel:
 """ % CHURN_NET
 
 
+def kernel_reset_reason(name):
+    """The reason label a reset the kernel names `name` gets here: the kernel names reasons from 6.10 (the
+    tcp_send_reset format file has the field); before, errnomon's label is "unknown"."""
+    for tracefs in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+        try:
+            with open(os.path.join(tracefs, "events/tcp/tcp_send_reset/format")) as f:
+                return name if " reason;" in f.read() else "unknown"
+        except OSError:
+            continue
+    return "unknown"
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -42,7 +42,7 @@ class Netns:
         return self
 
     def add_rule(self, rule: str) -> None:
-        ruleset = ("table inet errnomon_core {\n  chain out {\n    type filter hook output priority 0; "
+        ruleset = ("table inet errnomon_core {\n  chain errnomon_out {\n    type filter hook output priority 0; "
                    "policy accept;\n    %s\n  }\n}\n" % rule)
         sc._run(["ip", "netns", "exec", self.name, "nft", "-f", "-"], stdin=ruleset)
 

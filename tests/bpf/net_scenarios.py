@@ -276,7 +276,7 @@ def peer_reboot(comm_prefix: str) -> dict:
 
     def conduct(net, srv, cli, deadline):
         if accepted.wait(CALL_TIMEOUT):
-            _nft(net.srv, "table inet errnomon_s {\n chain out {\n  type filter hook output priority 0;\n"
+            _nft(net.srv, "table inet errnomon_s {\n chain errnomon_out {\n  type filter hook output priority 0;\n"
                           "  tcp sport %d drop\n }\n}\n" % SERVICE_PORT)
             forget.set()
             _finish([srv], deadline)

@@ -702,7 +702,7 @@ def timeout(comm_prefix: str, user_timeout_ms: int = 1000) -> dict:
             return _result("timeout", family, port, "127.0.0.1", procs, started, netns=netns)
         ruleset = (
             "table inet errnomon_t {\n"
-            "  chain out {\n"
+            "  chain errnomon_out {\n"  # not "out": a keyword to nft 0.9 (Debian 11)
             "    type filter hook output priority 0; policy accept;\n"
             f"    tcp dport {port} drop\n"
             "  }\n"

@@ -18,6 +18,11 @@ mount -t debugfs debugfs /sys/kernel/debug
 [ -d /sys/kernel/debug/tracing/events ] || mount -t tracefs tracefs /sys/kernel/debug/tracing
 mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 mount -t bpf bpf /sys/fs/bpf 2>/dev/null
+# no udev here: the links every shell script expects (nft -f /dev/stdin, bash's <(...))
+[ -e /dev/stdin ] || ln -s /proc/self/fd/0 /dev/stdin
+[ -e /dev/stdout ] || ln -s /proc/self/fd/1 /dev/stdout
+[ -e /dev/stderr ] || ln -s /proc/self/fd/2 /dev/stderr
+[ -e /dev/fd ] || ln -s /proc/self/fd /dev/fd
 ip link set lo up
 hostname errnomon-guest
 

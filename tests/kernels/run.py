@@ -183,7 +183,7 @@ def collect(out, result, hung, returncode):
                 result.passed.append(test_id)
     log_path = os.path.join(out, "errnomon.log")
     errnomon_log = open(log_path, errors="replace").read() if os.path.exists(log_path) else ""
-    m = re.search(r"attached (\d+) of (\d+) tracepoints in ([\d.]+)s", errnomon_log)
+    m = re.search(r"attached the hooks of (\d+) of (\d+) signals in ([\d.]+)s", errnomon_log)
     if m:
         result.compile = float(m.group(3))
     if hung:

@@ -19,7 +19,8 @@ from monitor.aggregate import Aggregator
 from monitor.collector import HELP, ErrnoCollector
 from monitor.decode import Event
 
-ATTACHED = {"tcp:tcp_send_reset": True, "sock:sock_send_length": False, "signal:signal_generate": True}
+ATTACHED = {"resets_sent": [("tcp:tcp_send_reset", True)], "send_errors": [("sock:sock_send_length", False)],
+            "recv_errors": [("fexit:inet_recvmsg", True), ("fexit:inet6_recvmsg", True)]}
 DROPS = {"socket_errors": 3, "socket_error_reports": 0, "tcp_resets_received": 0, "tcp_resets_sent": 0,
          "tcp_fins_sent": 0, "sigpipe": 1, "connect_failures": 0}
 MISSED = {"tcp:tcp_receive_reset": 0, "syscalls:sys_exit_connect": 4}
@@ -79,8 +80,9 @@ def setup():
         ("errnomon_tcp_resets_sent_total", dict(comm="", remote="192.0.2.1", port="80", reason="NO_SOCKET"), 7),
         ("errnomon_tcp_fins_sent_total", dict(comm="curl", remote="10.1.2.3", port=""), 9),
         ("errnomon_sigpipe_total", dict(comm="curl", action="killed"), 1),
-        ("errnomon_probe_attached", dict(probe="tcp:tcp_send_reset"), 1),
-        ("errnomon_probe_attached", dict(probe="sock:sock_send_length"), 0),
+        ("errnomon_probe_attached", dict(signal="resets_sent", probe="tcp:tcp_send_reset"), 1),
+        ("errnomon_probe_attached", dict(signal="send_errors", probe="sock:sock_send_length"), 0),
+        ("errnomon_probe_attached", dict(signal="recv_errors", probe="fexit:inet6_recvmsg"), 1),
         ("errnomon_dropped_total", dict(reason="socket_errors_map_full"), 3),
         ("errnomon_dropped_total", dict(reason="sigpipe_map_full"), 1),
         ("errnomon_dropped_total", dict(reason="tcp_fins_sent_map_full"), 0),
@@ -111,10 +113,13 @@ def test_collect_is_fresh_on_every_scrape(setup):
     registry, agg, status = setup
     labels = dict(errno="ECONNRESET", op="recv", comm="curl", remote="10.1.2.3", port="443")
     agg.add([(EVENTS[0][0], 10)])
-    status.attached["sock:sock_send_length"] = True
+    status.attached["send_errors"] = [("fexit:inet_sendmsg", True)]
     status.drops["socket_errors"] = 8
     assert registry.get_sample_value("errnomon_socket_errors_total", labels) == 15
-    assert registry.get_sample_value("errnomon_probe_attached", {"probe": "sock:sock_send_length"}) == 1
+    assert registry.get_sample_value("errnomon_probe_attached",
+                                     {"signal": "send_errors", "probe": "fexit:inet_sendmsg"}) == 1
+    assert registry.get_sample_value("errnomon_probe_attached",
+                                     {"signal": "send_errors", "probe": "sock:sock_send_length"}) is None
     assert registry.get_sample_value("errnomon_dropped_total", {"reason": "socket_errors_map_full"}) == 8
 
 
@@ -157,12 +162,12 @@ def test_exposition_parses_back(setup):
         ("comm", 'we"ird\\name'), ("errno", "ETIMEDOUT"), ("port", "443"), ("remote", "10.1.2.3")))] == 1
     assert samples[("errnomon_tcp_resets_sent_total", (
         ("comm", ""), ("port", "80"), ("reason", "NO_SOCKET"), ("remote", "192.0.2.1")))] == 7
-    assert samples[("errnomon_probe_attached", (("probe", "signal:signal_generate"),))] == 1
+    assert samples[("errnomon_probe_attached", (("probe", "fexit:inet_recvmsg"), ("signal", "recv_errors")))] == 1
     assert samples[("errnomon_probe_missed_total", (("probe", "syscalls:sys_exit_connect"),))] == 4
     assert samples[("errnomon_connect_failures_total", (
         ("comm", "curl"), ("errno", "ECONNREFUSED"), ("port", "5432"), ("remote", "10.0.0.5")))] == 3
     assert sum(v for (name, _), v in samples.items() if name == "errnomon_socket_errors_total") == 7
-    assert len(samples) == len(EVENTS) + len(ATTACHED) + len(MISSED) + len(DROPS) + 2 * len(ERRNOMON_METRICS) + 1
+    assert len(samples) == len(EVENTS) + sum(map(len, ATTACHED.values())) + len(MISSED) + len(DROPS) + 2 * len(ERRNOMON_METRICS) + 1
 
 
 def promtool():

@@ -62,7 +62,7 @@ def test_empty_sections_give_defaults():
 
 
 def test_kernel_keys():
-    assert KERNEL_KEYS == ("map_size", "max_sockets", "syscall_tracepoints")
+    assert KERNEL_KEYS == ("map_size", "max_sockets", "syscall_tracepoints", "function_hooks")
     names = {f.name for f in dataclasses.fields(Config)}
     assert set(KERNEL_KEYS) <= names
 
@@ -302,7 +302,7 @@ def test_unknown_key_with_suggestion():
         (
             "kernel: {mapsize: 1}",
             "kernel.mapsize",
-            "count, map_size, max_sockets, drain_interval, syscall_tracepoints",
+            "count, map_size, max_sockets, drain_interval, syscall_tracepoints, function_hooks",
             "map_size",
         ),
         (
@@ -592,6 +592,25 @@ def test_syscall_tracepoints():
         parse("kernel:\n  syscall_tracepoints: 'no'\n", "c.yaml")
     assert "kernel.syscall_tracepoints" in str(e.value)
     assert "syscall_tracepoints" in KERNEL_KEYS
+
+
+def test_function_hooks():
+    assert parse("").function_hooks == ("fentry", "kprobe")
+    assert parse("kernel:\n  function_hooks: [kprobe]\n").function_hooks == ("kprobe",)
+    # the order is the loader's (cheapest first), whatever the file says
+    assert parse("kernel:\n  function_hooks: [kprobe, fentry]\n").function_hooks == ("fentry", "kprobe")
+    assert parse("kernel:\n  function_hooks: []\n").function_hooks == ()
+    with pytest.raises(ConfigError) as e:
+        parse("kernel:\n  function_hooks: [fexit]\n", "c.yaml")
+    assert str(e.value) == ("c.yaml: kernel.function_hooks[0]: 'fexit' cannot be listed here: allowed values are "
+                            "fentry, kprobe")
+    with pytest.raises(ConfigError) as e:
+        parse("kernel:\n  function_hooks: [KPROBE]\n", "c.yaml")
+    assert "did you mean 'kprobe'?" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        parse("kernel:\n  function_hooks: kprobe\n", "c.yaml")
+    assert "expected a list of hook familys" not in str(e.value)
+    assert "kernel.function_hooks: expected a list of hook families" in str(e.value)
 
 
 # ---------------------------------------------------------------------------

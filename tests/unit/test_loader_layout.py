@@ -27,6 +27,7 @@ def test_layout_flags_of_this_kernel(kernel):
     assert values == {
         "OFF_SOCK_COMMON_SKC_V6_DADDR": str(kernel.member_offset("sock_common", "skc_v6_daddr")),
         "OFF_SOCK_COMMON_SKC_COOKIE": str(kernel.member_offset("sock_common", "skc_cookie")),  # seeded owners
+        "OFF_SOCKET_SK": str(kernel.member_offset("socket", "sk")),  # send/recv function hooks (before 6.3)
         "OFF_SOCK_SK_PROTOCOL": str(kernel.member_offset("sock", "sk_protocol")),
         "SK_PROTOCOL_TYPE": "u16",
         "OFF_SOCK_SK_ERR": str(kernel.member_offset("sock", "sk_err")),
@@ -56,9 +57,11 @@ def test_without_btf_everything_lost_is_named():
     assert any("opened before errnomon started" in line for line in lost)
     assert any("connect failures" in line for line in lost)
     assert any("sendfile()" in line for line in lost)
-    # and the error-report program, which needs sk_err, is not compiled
-    available = {"sock:inet_sk_error_report", "tcp:tcp_receive_reset"}
-    assert loader.usable_probes(available, None, flags) == {"tcp:tcp_receive_reset"}
+    # and the error-report programs, which need sk_err, are not compiled on any rung
+    kernel = loader.facts(None, {"sock:inet_sk_error_report": "x"}, None, flags)._replace(kprobes=True)
+    chosen, why = loader.choose_hooks(kernel)
+    assert "error_reports" not in chosen
+    assert why["error_reports"] == "needs OFF_SOCK_SK_ERR from kernel BTF"
 
 
 def test_pipe_index_type_follows_its_size():
@@ -89,14 +92,19 @@ def test_prototype_with_too_few_arguments_is_not_attached(kernel):
     proto = b.add(btf.FUNC_PROTO, "", 1, 0, struct.pack("<II", b.s("__data"), void_ptr))
     b.add(btf.TYPEDEF, "btf_trace_inet_sock_set_state", 0, b.add(btf.PTR, "", 0, proto))
     small = btf.BTF(b.blob())
-    available = {"sock:inet_sock_set_state", "tcp:tcp_receive_reset"}
+    formats = {"sock:inet_sock_set_state": "x", "tcp:tcp_receive_reset": "x"}
     # no prototype known for tcp_receive_reset in this blob: trusted; inet_sock_set_state has 0 args
-    assert loader.usable_probes(available, small) == {"tcp:tcp_receive_reset"}
-    assert loader.usable_probes(available, kernel) == available
+    chosen, why = loader.choose_hooks(loader.facts(None, formats, small, ()))
+    assert set(chosen) == {"resets_received"}
+    assert why["socket_states"] == "tracepoint sock:inet_sock_set_state has 0 arguments, 3 needed"
+    chosen, _ = loader.choose_hooks(loader.facts(None, formats, kernel, ()))
+    assert set(chosen) == {"resets_received", "socket_states"}
 
 
 def test_pairs_stay_pairs(kernel):
-    assert loader.usable_probes({"signal:signal_generate"}, kernel) == set()
+    chosen, why = loader.choose_hooks(loader.facts(None, {"signal:signal_generate": "x"}, kernel, ()))
+    assert chosen == {}
+    assert why["sigpipe"] == "no tracepoint signal:signal_deliver"
 
 
 def test_send_reset_reason_from_arity(kernel):
@@ -112,6 +120,11 @@ def test_send_reset_reason_from_arity(kernel):
     ("raw_tracepoint__tcp_send_reset", "tcp:tcp_send_reset"),
     ("raw_tracepoint__inet_sock_set_state", "sock:inet_sock_set_state"),
     ("tracepoint__syscalls__sys_exit_connect", "syscalls:sys_exit_connect"),
+    ("kretfunc__inet_sendmsg", "fexit:inet_sendmsg"),              # bcc 0.18-0.22
+    ("kretfunc__vmlinux__inet6_recvmsg", "fexit:inet6_recvmsg"),   # bcc 0.23+
+    ("kfunc__vmlinux__tcp_v4_send_reset", "fentry:tcp_v4_send_reset"),
+    ("errnomon_return__inet_sendmsg", "kretprobe:inet_sendmsg"),
+    ("errnomon_kprobe__sock_def_error_report", "kprobe:sock_def_error_report"),
     ("helper", None),
 ])
 def test_probe_of_function(name, probe):
