@@ -872,25 +872,32 @@ static __always_inline int socket_call_return(struct pt_regs *ctx, int op)
     return io_error(socket_sk(s), ret, op);
 }
 
-#define SOCKET_CALL_KRETPROBE(fn, op)                                                            \
-    int errnomon_entry__##fn(struct pt_regs *ctx) { return socket_call_entry(ctx); }            \
+/* one program per macro: bcc registers only the first function of an expansion */
+#define SOCKET_CALL_ENTRY(fn) \
+    int errnomon_entry__##fn(struct pt_regs *ctx) { return socket_call_entry(ctx); }
+#define SOCKET_CALL_RETURN(fn, op) \
     int errnomon_return__##fn(struct pt_regs *ctx) { return socket_call_return(ctx, op); }
 #endif
 
 #ifdef KRETPROBE_inet_sendmsg
-SOCKET_CALL_KRETPROBE(inet_sendmsg, OP_SEND)
+SOCKET_CALL_ENTRY(inet_sendmsg)
+SOCKET_CALL_RETURN(inet_sendmsg, OP_SEND)
 #endif
 #ifdef KRETPROBE_inet6_sendmsg
-SOCKET_CALL_KRETPROBE(inet6_sendmsg, OP_SEND)
+SOCKET_CALL_ENTRY(inet6_sendmsg)
+SOCKET_CALL_RETURN(inet6_sendmsg, OP_SEND)
 #endif
 #ifdef KRETPROBE_inet_sendpage
-SOCKET_CALL_KRETPROBE(inet_sendpage, OP_SEND)
+SOCKET_CALL_ENTRY(inet_sendpage)
+SOCKET_CALL_RETURN(inet_sendpage, OP_SEND)
 #endif
 #ifdef KRETPROBE_inet_recvmsg
-SOCKET_CALL_KRETPROBE(inet_recvmsg, OP_RECV)
+SOCKET_CALL_ENTRY(inet_recvmsg)
+SOCKET_CALL_RETURN(inet_recvmsg, OP_RECV)
 #endif
 #ifdef KRETPROBE_inet6_recvmsg
-SOCKET_CALL_KRETPROBE(inet6_recvmsg, OP_RECV)
+SOCKET_CALL_ENTRY(inet6_recvmsg)
+SOCKET_CALL_RETURN(inet6_recvmsg, OP_RECV)
 #endif
 #endif /* OFF_SOCKET_SK */
 

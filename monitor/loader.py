@@ -443,7 +443,10 @@ def describe_choice(chosen, why):
                 text += " (%s)" % why[signal.name]
             lines.append((logging.INFO, text))
         elif signal.name in why:
-            lines.append((logging.WARNING, "%s: not attached, %s (%s)" % (signal.name, signal.lost, why[signal.name])))
+            # a signal lost to missing BTF offsets is in the BTF warning already: one warning, not two
+            level = logging.INFO if signal.name in NEEDS_LAYOUT and why[signal.name].startswith("needs") else \
+                logging.WARNING
+            lines.append((level, "%s: not attached, %s (%s)" % (signal.name, signal.lost, why[signal.name])))
     return lines
 
 

@@ -41,6 +41,23 @@ def kernel_reset_reason(name):
     return "unknown"
 
 
+def tracepoint_exists(event):
+    """The running kernel's own tracefs: event is "category/name"."""
+    return any(os.path.isdir(os.path.join(t, "events", event)) for t in ("/sys/kernel/tracing",
+                                                                        "/sys/kernel/debug/tracing"))
+
+
+def function_exists(name):
+    """In the kernel's symbol table (/proc/kallsyms, read as root)."""
+    with open("/proc/kallsyms") as f:
+        return any(len(line.split()) >= 3 and line.split()[2] == name for line in f)
+
+
+def kprobes_exist():
+    return any(os.path.exists(os.path.join(t, "kprobe_events")) for t in ("/sys/kernel/tracing",
+                                                                         "/sys/kernel/debug/tracing"))
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from . import scenarios
-from .conftest import kernel_reset_reason
+from .conftest import function_exists, kernel_reset_reason, tracepoint_exists
 
 pytestmark = pytest.mark.bpf
 
@@ -174,17 +174,6 @@ def test_every_probe_attached(daemon):
         assert set(missed) == {probe for _, probe in probes}
     never = [p for p in missed if not p.startswith("syscalls:") and p != "sock:inet_sock_set_state"]
     assert {p: missed[p] for p in never} == {p: 0.0 for p in never}
-
-
-def tracepoint_exists(event):
-    return any(os.path.isdir(os.path.join(t, "events", event)) for t in ("/sys/kernel/tracing",
-                                                                        "/sys/kernel/debug/tracing"))
-
-
-def function_exists(name):
-    """In the kernel's symbol table (/proc/kallsyms, root)."""
-    with open("/proc/kallsyms") as f:
-        return any(line.split()[2] == name for line in f if len(line.split()) >= 3)
 
 
 def test_pipe_sigpipe_is_not_taken_for_a_socket_one(daemon):

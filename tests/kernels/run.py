@@ -7,7 +7,8 @@ one line per kernel. Exit status 0 only if every kernel passed.
 
 Environment: ERRNOMON_KERNEL_CACHE (images and the last run of each kernel, default /var/tmp/errnomon-kernels),
 KERNEL_JOBS (guests at once, default 2), KERNEL_TIMEOUT (seconds a guest may run, default 600),
-KERNEL_PYTEST_ARGS (default tests/bpf/test_errors.py), ERRNOMON_TEST_TAG (passed to the guest).
+KERNEL_PYTEST_ARGS (default: test_errors.py, test_ladder.py and test_connect_failures.py of tests/bpf/),
+ERRNOMON_TEST_TAG (passed to the guest).
 Host needs: root, mmdebstrap, e2fsprogs, qemu-system-x86 (tests/kernels/setup.sh installs them).
 """
 
@@ -27,7 +28,9 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 CACHE = os.environ.get("ERRNOMON_KERNEL_CACHE", "/var/tmp/errnomon-kernels")
 JOBS = int(os.environ.get("KERNEL_JOBS", "2"))
 TIMEOUT = float(os.environ.get("KERNEL_TIMEOUT", "600"))
-PYTEST_ARGS = os.environ.get("KERNEL_PYTEST_ARGS", "tests/bpf/test_errors.py")
+# the scenarios whose hooks differ by kernel: every seed phenomenon, the kprobe rungs, connect failures
+PYTEST_ARGS = os.environ.get(
+    "KERNEL_PYTEST_ARGS", "tests/bpf/test_errors.py tests/bpf/test_ladder.py tests/bpf/test_connect_failures.py")
 MISSING_PACKAGES = 3  # build-image.sh's exit status when the archive lacks a package
 
 _guests = set()  # running qemu processes, killed on any exit of the runner
