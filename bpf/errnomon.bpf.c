@@ -966,3 +966,118 @@ int errnomon_kprobe__tcp_v6_send_reset(struct pt_regs *ctx)
 }
 #endif
 #endif
+
+/* The last rung of send/recv, opt-in (kernel.syscall_tracepoints): the system calls' own tracepoints. The
+ * enter keeps the fd per thread, the exit finds its socket through current->files (an inode of type socket:
+ * read/write/readv/writev on pipes and files are not counted) and reads the return value. Every system call
+ * of every process then takes the kernel's traced path: only where no other rung exists. */
+#if (defined(SYSCALLS_SEND_ERRORS) || defined(SYSCALLS_RECV_ERRORS)) && defined(OFF_SOCKET_SK) && \
+    defined(OFF_TASK_STRUCT_FILES) && defined(OFF_FILES_STRUCT_FDT) && defined(OFF_FDTABLE_MAX_FDS) && \
+    defined(OFF_FDTABLE_FD) && defined(OFF_FILE_F_INODE) && defined(OFF_FILE_PRIVATE_DATA) && defined(OFF_INODE_I_MODE)
+#define S_IFMT_BITS 00170000
+#define S_IFSOCK_BITS 0140000
+BPF_TABLE("lru_hash", u32, u32, syscall_fds, 16384); /* tid -> fd of the socket call in flight */
+
+static __always_inline int syscall_entered(u64 fd)
+{
+    u32 tid = bpf_get_current_pid_tgid(), f = fd;
+    syscall_fds.update(&tid, &f);
+    return 0;
+}
+
+/* the sock of an fd of the current task, or 0 if it is no socket */
+static __always_inline void *fd_sock(u32 fd)
+{
+    void *task = (void *)bpf_get_current_task(), *files = 0, *fdt = 0, *fds = 0, *file = 0, *inode = 0;
+    u64 sock = 0;
+    u32 max_fds = 0;
+    u16 mode = 0;
+
+    bpf_probe_read_kernel(&files, sizeof(files), task + OFF_TASK_STRUCT_FILES);
+    if (!files)
+        return 0;
+    bpf_probe_read_kernel(&fdt, sizeof(fdt), files + OFF_FILES_STRUCT_FDT);
+    if (!fdt)
+        return 0;
+    bpf_probe_read_kernel(&max_fds, sizeof(max_fds), fdt + OFF_FDTABLE_MAX_FDS);
+    if (fd >= max_fds)
+        return 0;
+    bpf_probe_read_kernel(&fds, sizeof(fds), fdt + OFF_FDTABLE_FD);
+    if (!fds)
+        return 0;
+    bpf_probe_read_kernel(&file, sizeof(file), fds + (u64)fd * sizeof(void *));
+    if (!file)
+        return 0;
+    bpf_probe_read_kernel(&inode, sizeof(inode), file + OFF_FILE_F_INODE);
+    if (!inode)
+        return 0;
+    bpf_probe_read_kernel(&mode, sizeof(mode), inode + OFF_INODE_I_MODE);
+    if ((mode & S_IFMT_BITS) != S_IFSOCK_BITS)
+        return 0;
+    bpf_probe_read_kernel(&sock, sizeof(sock), file + OFF_FILE_PRIVATE_DATA);
+    return socket_sk(sock);
+}
+
+static __always_inline int syscall_exited(long ret, int op)
+{
+    u32 tid = bpf_get_current_pid_tgid(), fd;
+    u32 *fdp = syscall_fds.lookup(&tid);
+    if (!fdp)
+        return 0;
+    fd = *fdp;
+    syscall_fds.delete(&tid);
+    if (ret >= 0)
+        return 0;
+    return io_error(fd_sock(fd), (int)ret, op);
+}
+
+/* one TRACEPOINT_PROBE each, written out: bcc builds each args struct from the function's own name */
+#ifdef SYSCALLS_SEND_ERRORS
+#if defined(HAVE_syscalls__sys_enter_sendto) && defined(HAVE_syscalls__sys_exit_sendto)
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return syscall_entered(args->fd); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return syscall_exited(args->ret, OP_SEND); }
+#endif
+#if defined(HAVE_syscalls__sys_enter_sendmsg) && defined(HAVE_syscalls__sys_exit_sendmsg)
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return syscall_entered(args->fd); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return syscall_exited(args->ret, OP_SEND); }
+#endif
+#if defined(HAVE_syscalls__sys_enter_sendmmsg) && defined(HAVE_syscalls__sys_exit_sendmmsg)
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg) { return syscall_entered(args->fd); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmmsg) { return syscall_exited(args->ret, OP_SEND); }
+#endif
+#if defined(HAVE_syscalls__sys_enter_write) && defined(HAVE_syscalls__sys_exit_write)
+TRACEPOINT_PROBE(syscalls, sys_enter_write) { return syscall_entered(args->fd); }
+TRACEPOINT_PROBE(syscalls, sys_exit_write) { return syscall_exited(args->ret, OP_SEND); }
+#endif
+#if defined(HAVE_syscalls__sys_enter_writev) && defined(HAVE_syscalls__sys_exit_writev)
+TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return syscall_entered(args->fd); }
+TRACEPOINT_PROBE(syscalls, sys_exit_writev) { return syscall_exited(args->ret, OP_SEND); }
+#endif
+#if defined(HAVE_syscalls__sys_enter_sendfile64) && defined(HAVE_syscalls__sys_exit_sendfile64)
+TRACEPOINT_PROBE(syscalls, sys_enter_sendfile64) { return syscall_entered(args->out_fd); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendfile64) { return syscall_exited(args->ret, OP_SEND); }
+#endif
+#endif /* SYSCALLS_SEND_ERRORS */
+#ifdef SYSCALLS_RECV_ERRORS
+#if defined(HAVE_syscalls__sys_enter_recvfrom) && defined(HAVE_syscalls__sys_exit_recvfrom)
+TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { return syscall_entered(args->fd); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return syscall_exited(args->ret, OP_RECV); }
+#endif
+#if defined(HAVE_syscalls__sys_enter_recvmsg) && defined(HAVE_syscalls__sys_exit_recvmsg)
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) { return syscall_entered(args->fd); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return syscall_exited(args->ret, OP_RECV); }
+#endif
+#if defined(HAVE_syscalls__sys_enter_recvmmsg) && defined(HAVE_syscalls__sys_exit_recvmmsg)
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmmsg) { return syscall_entered(args->fd); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmmsg) { return syscall_exited(args->ret, OP_RECV); }
+#endif
+#if defined(HAVE_syscalls__sys_enter_read) && defined(HAVE_syscalls__sys_exit_read)
+TRACEPOINT_PROBE(syscalls, sys_enter_read) { return syscall_entered(args->fd); }
+TRACEPOINT_PROBE(syscalls, sys_exit_read) { return syscall_exited(args->ret, OP_RECV); }
+#endif
+#if defined(HAVE_syscalls__sys_enter_readv) && defined(HAVE_syscalls__sys_exit_readv)
+TRACEPOINT_PROBE(syscalls, sys_enter_readv) { return syscall_entered(args->fd); }
+TRACEPOINT_PROBE(syscalls, sys_exit_readv) { return syscall_exited(args->ret, OP_RECV); }
+#endif
+#endif /* SYSCALLS_RECV_ERRORS */
+#endif

@@ -32,13 +32,17 @@ TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 #   fentry      its arguments           CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS; 5.5+)
 #   kretprobe   the return value (an entry kprobe keeps the arguments): needs CONFIG_KPROBES
 #   kprobe      the arguments
+#   syscalls    the system calls' own enter/exit tracepoints: the last resort, opt-in (kernel.syscall_tracepoints):
+#               they put every system call of every process on the traced path
 # A target ending in "?" is attached where the kernel has it and not needed where it does not.
 Hook = collections.namedtuple("Hook", "kind targets")
 Signal = collections.namedtuple("Signal", "name lost rungs")
 
-TRACEPOINT, FEXIT, FENTRY, KRETPROBE, KPROBE = "tracepoint", "fexit", "fentry", "kretprobe", "kprobe"
-# kernel.function_hooks names the families: fexit and fentry are "fentry", kretprobe and kprobe "kprobe"
-FAMILY = {FEXIT: "fentry", FENTRY: "fentry", KRETPROBE: "kprobe", KPROBE: "kprobe"}
+TRACEPOINT, FEXIT, FENTRY, KRETPROBE, KPROBE, SYSCALLS = "tracepoint", "fexit", "fentry", "kretprobe", "kprobe", \
+    "syscalls"
+# kernel.function_hooks names the families: fexit and fentry are "fentry", kretprobe and kprobe "kprobe";
+# the syscalls family is kernel.syscall_tracepoints
+FAMILY = {FEXIT: "fentry", FENTRY: "fentry", KRETPROBE: "kprobe", KPROBE: "kprobe", SYSCALLS: "syscalls"}
 FUNCTION_HOOK_FAMILIES = ("fentry", "kprobe")
 
 # What sock_sendmsg/sock_recvmsg call for AF_INET/AF_INET6 sockets (sock->ops->sendmsg): the value they
@@ -51,12 +55,23 @@ RECV_FUNCTIONS = ("inet_recvmsg", "inet6_recvmsg")
 RESET_FUNCTIONS = ("tcp_v4_send_reset", "tcp_v6_send_reset?")
 # Before 5.14 (no sk_error_report() and its tracepoint), TCP sockets report errors through this callback.
 ERROR_REPORT_FUNCTIONS = ("sock_def_error_report",)
+# The system calls that send or receive on a socket (enter: the fd, kept per thread; exit: the return value,
+# the socket found from the fd through the task's file table); read/write/readv/writev on other files are
+# told apart by the inode's type.
+SEND_SYSCALLS = ("sendto", "sendmsg", "sendmmsg", "write", "writev", "sendfile64")
+RECV_SYSCALLS = ("recvfrom", "recvmsg", "recvmmsg", "read", "readv")
+
+
+def syscall_pairs(names):
+    return tuple("syscalls:sys_%s_%s" % (edge, name) for name in names for edge in ("enter", "exit"))
 
 SIGNALS = (
     Signal("send_errors", "errors returned by send/write/sendfile (op=send) and socket SIGPIPE are not counted", (
-        Hook(TRACEPOINT, ("sock:sock_send_length",)), Hook(FEXIT, SEND_FUNCTIONS), Hook(KRETPROBE, SEND_FUNCTIONS))),
+        Hook(TRACEPOINT, ("sock:sock_send_length",)), Hook(FEXIT, SEND_FUNCTIONS), Hook(KRETPROBE, SEND_FUNCTIONS),
+        Hook(SYSCALLS, syscall_pairs(SEND_SYSCALLS)))),
     Signal("recv_errors", "errors returned by recv/read (op=recv) are not counted", (
-        Hook(TRACEPOINT, ("sock:sock_recv_length",)), Hook(FEXIT, RECV_FUNCTIONS), Hook(KRETPROBE, RECV_FUNCTIONS))),
+        Hook(TRACEPOINT, ("sock:sock_recv_length",)), Hook(FEXIT, RECV_FUNCTIONS), Hook(KRETPROBE, RECV_FUNCTIONS),
+        Hook(SYSCALLS, syscall_pairs(RECV_SYSCALLS)))),
     Signal("connect_errors", "connect() errors (op=connect) are not counted", (
         Hook(TRACEPOINT, ("syscalls:sys_enter_connect", "syscalls:sys_exit_connect")),)),
     Signal("accept_errors", "accept() errors (op=accept) are not counted", (
@@ -87,7 +102,7 @@ def bare(target):
 PROBES = {}
 for _signal in SIGNALS:
     for _hook in _signal.rungs:
-        if _hook.kind == TRACEPOINT:
+        if _hook.kind in (TRACEPOINT, SYSCALLS):
             for _target in _hook.targets:
                 PROBES.setdefault(bare(_target), _signal.lost)
 SYSCALL_PROBES = {p for p in PROBES if p.startswith("syscalls:")}
@@ -210,6 +225,14 @@ LAYOUT = {
     ("sock_common", "skc_v6_daddr"): "IPv6 peers of sockets without an owner entry are unknown (remote=\"\")",
     ("sock_common", "skc_cookie"): "sockets opened before errnomon started keep no owner (only their listeners do)",
     ("socket", "sk"): None,  # the sock of the struct socket the send/recv functions take (before 6.3)
+    # the syscalls rung of send/recv: an fd's socket (current->files->fdt->fd[fd], S_IFSOCK inode, private_data)
+    ("task_struct", "files"): None,
+    ("files_struct", "fdt"): None,
+    ("fdtable", "max_fds"): None,
+    ("fdtable", "fd"): None,
+    ("file", "f_inode"): None,
+    ("file", "private_data"): None,
+    ("inode", "i_mode"): None,
     ("sock", "sk_protocol"): "SCTP and DCCP state changes are taken for TCP's",
     ("sock", "sk_err"): "socket error reports and connect failures are not counted",
     ("sock", "sk_err_soft"): "connect failures whose ICMP error arrived while connect() held the socket are not counted",
@@ -233,6 +256,9 @@ LAYOUT_TYPES = {("pipe_inode_info", "tail"): "PIPE_INDEX_TYPE"}
 STABLE_HEAD = {"skc_daddr": 0, "skc_dport": 12, "skc_num": 14, "skc_family": 16, "skc_state": 18}
 # Offsets a signal's programs cannot do without, on every rung or on the function rungs only.
 NEEDS_LAYOUT = {"error_reports": (("sock", "sk_err"),)}
+# the syscalls rung: from an fd to its socket through current->files
+FD_LAYOUT = (("task_struct", "files"), ("files_struct", "fdt"), ("fdtable", "max_fds"), ("fdtable", "fd"),
+             ("file", "f_inode"), ("file", "private_data"), ("inode", "i_mode"), ("socket", "sk"))
 FUNCTION_NEEDS_LAYOUT = {"send_errors": (("socket", "sk"),), "recv_errors": (("socket", "sk"),),
                          "resets_sent_without_socket": (("sk_buff", "head"), ("sk_buff", "network_header"),
                                                         ("sk_buff", "transport_header"))}
@@ -370,6 +396,13 @@ def rung_problem(signal, hook, kernel, families):
         present = {p: kernel.tracepoint_args.get(p) for p in kernel.tracepoints}
         return _targets_problem(hook.targets, present,
                                 lambda p: RUNG_ARITY.get((signal.name, p), RAW_ARITY.get(p)), "tracepoint")
+    if hook.kind == SYSCALLS:
+        if SYSCALLS not in families:
+            return "syscall tracepoints off (kernel.syscall_tracepoints)"
+        missing = [layout_name(*need) for need in FD_LAYOUT if layout_name(*need) not in kernel.layout]
+        if missing:
+            return "syscall tracepoints need %s from kernel BTF" % ", ".join(missing)
+        return _targets_problem(hook.targets, {p: None for p in kernel.tracepoints}, lambda p: None, "tracepoint")
     if FAMILY[hook.kind] not in families:
         return "%s hooks not allowed (kernel.function_hooks)" % FAMILY[hook.kind]
     if FAMILY[hook.kind] == "fentry" and not kernel.btf:
@@ -387,7 +420,7 @@ def rung_problem(signal, hook, kernel, families):
 
 def hook_label(kind, target):
     """The probe label of one hooked target: the tracepoint itself, or kind:function."""
-    return target if kind == TRACEPOINT else "%s:%s" % (kind, target)
+    return target if kind in (TRACEPOINT, SYSCALLS) else "%s:%s" % (kind, target)
 
 
 def choose_hooks(kernel, families=FUNCTION_HOOK_FAMILIES, syscalls=False):
@@ -404,9 +437,9 @@ def choose_hooks(kernel, families=FUNCTION_HOOK_FAMILIES, syscalls=False):
             continue
         problems = []
         for hook in signal.rungs:
-            problem = rung_problem(signal, hook, kernel, families)
+            problem = rung_problem(signal, hook, kernel, tuple(families) + ((SYSCALLS,) if syscalls else ()))
             if problem is None:
-                present = kernel.tracepoints if hook.kind == TRACEPOINT else kernel.functions
+                present = kernel.tracepoints if hook.kind in (TRACEPOINT, SYSCALLS) else kernel.functions
                 chosen[signal.name] = (hook, [bare(t) for t in hook.targets if bare(t) in present])
                 break
             problems.append(problem)
@@ -416,15 +449,17 @@ def choose_hooks(kernel, families=FUNCTION_HOOK_FAMILIES, syscalls=False):
 
 
 def chosen_tracepoints(chosen):
-    return {t for hook, targets in chosen.values() if hook.kind == TRACEPOINT for t in targets}
+    return {t for hook, targets in chosen.values() if hook.kind in (TRACEPOINT, SYSCALLS) for t in targets}
 
 
 def hook_flags(chosen, kernel):
     """-D flags that compile the function-hook programs: FEXIT_<fn>=<arguments> (ctx[n] is the return value),
     FENTRY_<fn>, KRETPROBE_<fn>, KPROBE_<fn>."""
     flags = set()
-    for hook, targets in chosen.values():
-        for target in targets if hook.kind != TRACEPOINT else ():
+    for signal, (hook, targets) in chosen.items():
+        if hook.kind == SYSCALLS:
+            flags.add("-DSYSCALLS_%s=1" % signal.upper())
+        for target in targets if hook.kind not in (TRACEPOINT, SYSCALLS) else ():
             if hook.kind == FEXIT:
                 flags.add("-DFEXIT_%s=%d" % (target, kernel.functions[target]))
             else:
@@ -438,7 +473,11 @@ def describe_choice(chosen, why):
     for signal in SIGNALS:
         if signal.name in chosen:
             hook, targets = chosen[signal.name]
-            text = "%s: %s" % (signal.name, ", ".join(hook_label(hook.kind, t) for t in targets))
+            if hook.kind == SYSCALLS:
+                calls = sorted({t.split("_", 2)[2] for t in targets}, key=[t.split("_", 2)[2] for t in targets].index)
+                text = "%s: syscalls:sys_enter_*/sys_exit_* of %s" % (signal.name, ", ".join(calls))
+            else:
+                text = "%s: %s" % (signal.name, ", ".join(hook_label(hook.kind, t) for t in targets))
             if signal.name in why:
                 text += " (%s)" % why[signal.name]
             lines.append((logging.INFO, text))
@@ -653,6 +692,9 @@ def load(tracefs, map_size, max_sockets, syscall_tracepoints=False, print_only=F
     syscall_tracepoints; function hooks only of the families in function_hooks). tracefs: what preflight()
     returned."""
     formats = {p: tracepoint_format(tracefs, p) for p in PROBES}
+    # tests only: run the lower rungs on a kernel that has the tracepoints (comma-separated category:event)
+    for probe in filter(None, os.environ.get("ERRNOMON_IGNORE_TRACEPOINTS", "").split(",")):
+        formats[probe] = None
     kernel_btf = btf.BTF.load()
     layout, lost = layout_flags(kernel_btf)
     families = tuple(function_hooks)

@@ -65,7 +65,7 @@ def free_port():
 
 
 class Daemon:
-    def __init__(self, tmp_path, config_text=TEST_CONFIG, name="errnomon"):
+    def __init__(self, tmp_path, config_text=TEST_CONFIG, name="errnomon", env=None):
         self.config = tmp_path / (name + ".yaml")
         self.config.write_text(config_text)
         self.port = free_port()
@@ -74,7 +74,7 @@ class Daemon:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "monitor.cli", "--config.file=%s" % self.config,
              "--web.listen-address=127.0.0.1:%d" % self.port, "--log.level=debug"],
-            cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
+            cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, env=dict(os.environ, **(env or {})))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

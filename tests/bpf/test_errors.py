@@ -176,11 +176,10 @@ def test_every_probe_attached(daemon):
     assert {p: missed[p] for p in never} == {p: 0.0 for p in never}
 
 
-def test_pipe_sigpipe_is_not_taken_for_a_socket_one(daemon):
-    """SIGPIPE from a pipe, then an EPIPE on a socket with MSG_NOSIGNAL: no socket SIGPIPE is counted."""
-    import os
+def pipe_then_socket_epipe(comm, pipe_writes=1):
+    """In a child named comm, one thread: write to a pipe whose reader is gone (SIGPIPE ignored: each write
+    raises SIGPIPE and fails with EPIPE), then an ECONNRESET and an EPIPE on a socket sent with MSG_NOSIGNAL."""
     import struct
-    comm = scenarios.make_comm("pipesig", "cli")
     pid = os.fork()
     if pid == 0:  # child: one thread does both, as the kernel sees it
         try:
@@ -188,10 +187,11 @@ def test_pipe_sigpipe_is_not_taken_for_a_socket_one(daemon):
             signal.signal(signal.SIGPIPE, signal.SIG_IGN)
             r, w = os.pipe()
             os.close(r)
-            try:
-                os.write(w, b"x")  # SIGPIPE raised (ignored), EPIPE
-            except BrokenPipeError:
-                pass
+            for _ in range(pipe_writes):
+                try:
+                    os.write(w, b"x")  # SIGPIPE raised (ignored), EPIPE
+                except BrokenPipeError:
+                    pass
             listener = socket.socket()
             listener.bind(("127.0.0.1", 0))
             listener.listen()
@@ -210,6 +210,13 @@ def test_pipe_sigpipe_is_not_taken_for_a_socket_one(daemon):
             os._exit(1)
     _, status = os.waitpid(pid, 0)
     assert status == 0
+
+
+def test_pipe_sigpipe_is_not_taken_for_a_socket_one(daemon):
+    """SIGPIPE from a pipe, then an EPIPE on a socket with MSG_NOSIGNAL: no socket SIGPIPE is counted."""
+    comm = scenarios.make_comm("pipesig", "cli")
+    pipe_then_socket_epipe(comm)
+
     def by_errno():
         return {dict(k)["errno"]: v for k, v in daemon.samples("errnomon_socket_errors_total", comm=comm).items()}
     deadline = time.monotonic() + 5

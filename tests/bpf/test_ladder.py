@@ -5,12 +5,14 @@ resets from kprobes, and the main test daemon's from fexit/fentry."""
 
 import signal
 import socket
+import time
 
 import pytest
 
 from . import scenarios
 from .conftest import (TEST_CONFIG, Daemon, _require_environment, function_exists, kernel_reset_reason,
                        kprobes_exist, tracepoint_exists)
+from .test_errors import pipe_then_socket_epipe
 
 pytestmark = pytest.mark.bpf
 
@@ -89,3 +91,63 @@ def test_reset_for_no_socket(kprobe_daemon):
     expect(kprobe_daemon, cli, "errnomon_connect_failures_total", (dict(peer, errno="ECONNREFUSED"), 1))
     kprobe_daemon.wait_for("errnomon_tcp_resets_sent_total", [(dict(peer, comm="", reason="NO_SOCKET"), 1)],
                            comm="", port=str(r["port"]))
+
+
+# ---- the last rung: the system calls' own tracepoints (opt-in) ----
+
+@pytest.fixture(scope="module")
+def syscall_daemon(tmp_path_factory):
+    """send/recv errors from the syscall tracepoints: the kernel's send/recv tracepoints are ignored (a test-only
+    setting) and no function hooks are allowed, so that this rung runs on any kernel."""
+    _require_environment()
+    d = Daemon(tmp_path_factory.mktemp("errnomon-syscalls"), TEST_CONFIG + "  function_hooks: []\n",
+               name="errnomon-syscalls",
+               env={"ERRNOMON_IGNORE_TRACEPOINTS": "sock:sock_send_length,sock:sock_recv_length"})
+    yield d
+    rc = d.stop()
+    assert rc == 0, "errnomon did not exit cleanly on SIGTERM (%s):\n%s" % (rc, d.output())
+
+
+def test_syscall_rung_attached(syscall_daemon):
+    by_signal = {}
+    for labels, value in syscall_daemon.samples("errnomon_probe_attached").items():
+        d = dict(labels)
+        by_signal.setdefault(d["signal"], set()).add((d["probe"], value))
+    assert by_signal["send_errors"] == {("syscalls:sys_%s_%s" % (edge, call), 1.0) for edge in ("enter", "exit")
+                                        for call in ("sendto", "sendmsg", "sendmmsg", "write", "writev", "sendfile64")}
+    assert by_signal["recv_errors"] == {("syscalls:sys_%s_%s" % (edge, call), 1.0) for edge in ("enter", "exit")
+                                        for call in ("recvfrom", "recvmsg", "recvmmsg", "read", "readv")}
+
+
+@pytest.mark.parametrize("action", ["killed", "ignored"])
+def test_syscall_rung_reset_on_send_and_sigpipe(syscall_daemon, action):
+    r = scenarios.sigpipe("ls" + action[0], action)
+    assert r["errnos"]["cli"] == (["ECONNRESET"] if action == "killed" else ["ECONNRESET", "EPIPE"])
+    cli, peer = r["comms"]["cli"], dict(remote=r["remote"], port=str(r["port"]))
+    expect(syscall_daemon, cli, "errnomon_socket_errors_total",
+           (dict(peer, errno="ECONNRESET", op="send"), 1), (dict(peer, errno="EPIPE", op="send"), 1))
+    expect(syscall_daemon, cli, "errnomon_sigpipe_total", (dict(action=action), 1))
+
+
+def test_syscall_rung_reset_on_recv(syscall_daemon):
+    r = scenarios.reset_on_recv("lsr", socket.AF_INET6)
+    assert r["errnos"]["cli"] == ["ECONNRESET", "EOF"]
+    cli, peer = r["comms"]["cli"], dict(remote=r["remote"], port=str(r["port"]))
+    expect(syscall_daemon, cli, "errnomon_socket_errors_total", (dict(peer, errno="ECONNRESET", op="recv"), 1))
+
+
+def test_syscall_rung_ignores_pipes(syscall_daemon):
+    """write() on a pipe whose reader is gone fails with EPIPE: a pipe's, not a socket's. Three of them, then a
+    socket's ECONNRESET and EPIPE: exactly those two are counted, and no SIGPIPE (MSG_NOSIGNAL)."""
+    comm = scenarios.make_comm("lsp", "cli")
+    pipe_then_socket_epipe(comm, pipe_writes=3)
+
+    def by_errno():
+        return {(dict(k)["errno"], dict(k)["op"]): v
+                for k, v in syscall_daemon.samples("errnomon_socket_errors_total", comm=comm).items()}
+    deadline = time.monotonic() + 5
+    while by_errno() != {("ECONNRESET", "send"): 1.0, ("EPIPE", "send"): 1.0} and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.2)  # two drain intervals: a late increment would show now
+    assert by_errno() == {("ECONNRESET", "send"): 1.0, ("EPIPE", "send"): 1.0}
+    assert syscall_daemon.samples("errnomon_sigpipe_total", comm=comm) == {}

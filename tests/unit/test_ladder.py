@@ -15,7 +15,7 @@ ARGS = dict(loader.RAW_ARITY, **{"tcp:tcp_send_reset": 3})
 FUNCTIONS = {"inet_sendmsg": 3, "inet6_sendmsg": 3, "inet_sendpage": 5, "inet_recvmsg": 4, "inet6_recvmsg": 4,
              "tcp_v4_send_reset": 2, "tcp_v6_send_reset": 2, "sock_def_error_report": 1}
 LAYOUT = {"OFF_SOCKET_SK", "OFF_SOCK_SK_ERR", "OFF_SK_BUFF_HEAD", "OFF_SK_BUFF_NETWORK_HEADER",
-          "OFF_SK_BUFF_TRANSPORT_HEADER"}
+          "OFF_SK_BUFF_TRANSPORT_HEADER"} | {loader.layout_name(*m) for m in loader.FD_LAYOUT}
 
 
 def kernel(missing=(), args=None, functions=None, btf=True, kprobes=True, layout=LAYOUT):
@@ -79,7 +79,8 @@ def test_no_rung_left_names_every_reason_and_what_is_lost():
     chosen, why = loader.choose_hooks(V5_10._replace(kprobes=False), families=("kprobe",))
     assert "send_errors" not in chosen
     assert why["send_errors"] == ("no tracepoint sock:sock_send_length; fentry hooks not allowed "
-                                  "(kernel.function_hooks); no kprobes in this kernel (CONFIG_KPROBES)")
+                                  "(kernel.function_hooks); no kprobes in this kernel (CONFIG_KPROBES); "
+                                  "syscall tracepoints off (kernel.syscall_tracepoints)")
     lines = dict((text.split(":")[0], (level, text)) for level, text in loader.describe_choice(chosen, why))
     level, text = lines["send_errors"]
     assert level == logging.WARNING
@@ -113,14 +114,15 @@ def test_an_optional_function_may_be_missing_a_required_one_may_not():
     chosen, why = loader.choose_hooks(V6_1._replace(functions=no_v6))
     assert "recv_errors" not in chosen  # an IPv4-only hook would count half the errors
     assert why["recv_errors"] == ("no tracepoint sock:sock_recv_length; no function inet6_recvmsg; "
-                                  "no function inet6_recvmsg")
+                                  "no function inet6_recvmsg; syscall tracepoints off (kernel.syscall_tracepoints)")
 
 
 def test_a_function_with_fewer_arguments_is_not_hooked():
     chosen, why = loader.choose_hooks(V6_1._replace(functions=dict(FUNCTIONS, inet_recvmsg=3)), families=("fentry",))
     assert "recv_errors" not in chosen
     assert why["recv_errors"] == ("no tracepoint sock:sock_recv_length; function inet_recvmsg has 3 arguments, "
-                                  "4 needed; kprobe hooks not allowed (kernel.function_hooks)")
+                                  "4 needed; kprobe hooks not allowed (kernel.function_hooks); syscall tracepoints "
+                                  "off (kernel.syscall_tracepoints)")
 
 
 @pytest.mark.parametrize("signal", loader.SIGNALS, ids=lambda s: s.name)
@@ -128,8 +130,28 @@ def test_every_rung_is_a_known_kind_with_known_targets(signal):
     for hook in signal.rungs:
         assert hook.kind in (loader.TRACEPOINT,) + tuple(loader.FAMILY)
         for target in hook.targets:
-            if hook.kind == loader.TRACEPOINT:
+            if hook.kind in (loader.TRACEPOINT, loader.SYSCALLS):
                 assert loader.bare(target) in loader.PROBES
             else:
                 assert loader.bare(target) in loader.FUNCTION_ARITY
     assert signal.rungs[0].kind == loader.TRACEPOINT  # a tracepoint first: the cheapest, the stable interface
+
+
+def test_the_syscall_rung_is_the_last_and_opt_in():
+    no_functions = V6_1._replace(kprobes=False, btf=False, functions={})
+    chosen, why = loader.choose_hooks(no_functions, syscalls=True)
+    assert hooks(chosen)["send_errors"] == ["syscalls:sys_%s_%s" % (edge, call) for call in loader.SEND_SYSCALLS
+                                            for edge in ("enter", "exit")]
+    assert "-DSYSCALLS_SEND_ERRORS=1" in loader.hook_flags(chosen, no_functions)
+    assert "syscalls:sys_exit_recvfrom" in loader.chosen_tracepoints(chosen)
+    lines = [text for _, text in loader.describe_choice(chosen, why)]
+    assert ("send_errors: syscalls:sys_enter_*/sys_exit_* of sendto, sendmsg, sendmmsg, write, writev, sendfile64 "
+            "(no tracepoint sock:sock_send_length; fexit needs kernel BTF; no kprobes in this kernel "
+            "(CONFIG_KPROBES))") in lines
+    # it needs the file-table offsets to tell sockets from pipes
+    chosen, why = loader.choose_hooks(no_functions._replace(layout=LAYOUT - {"OFF_INODE_I_MODE"}), syscalls=True)
+    assert "send_errors" not in chosen
+    assert why["send_errors"].endswith("syscall tracepoints need OFF_INODE_I_MODE from kernel BTF")
+    # a kernel with fexit never takes it
+    chosen, _ = loader.choose_hooks(V6_1, syscalls=True)
+    assert hooks(chosen)["send_errors"][0] == "fexit:inet_sendmsg"

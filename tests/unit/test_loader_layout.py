@@ -28,6 +28,14 @@ def test_layout_flags_of_this_kernel(kernel):
         "OFF_SOCK_COMMON_SKC_V6_DADDR": str(kernel.member_offset("sock_common", "skc_v6_daddr")),
         "OFF_SOCK_COMMON_SKC_COOKIE": str(kernel.member_offset("sock_common", "skc_cookie")),  # seeded owners
         "OFF_SOCKET_SK": str(kernel.member_offset("socket", "sk")),  # send/recv function hooks (before 6.3)
+        # the syscall rung of send/recv: an fd's socket through the task's file table
+        "OFF_TASK_STRUCT_FILES": str(kernel.member_offset("task_struct", "files")),
+        "OFF_FILES_STRUCT_FDT": str(kernel.member_offset("files_struct", "fdt")),
+        "OFF_FDTABLE_MAX_FDS": str(kernel.member_offset("fdtable", "max_fds")),
+        "OFF_FDTABLE_FD": str(kernel.member_offset("fdtable", "fd")),
+        "OFF_FILE_F_INODE": str(kernel.member_offset("file", "f_inode")),
+        "OFF_FILE_PRIVATE_DATA": str(kernel.member_offset("file", "private_data")),
+        "OFF_INODE_I_MODE": str(kernel.member_offset("inode", "i_mode")),
         "OFF_SOCK_SK_PROTOCOL": str(kernel.member_offset("sock", "sk_protocol")),
         "SK_PROTOCOL_TYPE": "u16",
         "OFF_SOCK_SK_ERR": str(kernel.member_offset("sock", "sk_err")),
