@@ -647,7 +647,8 @@ def _compile_and_attach(sock, tracefs, flags, chosen):
         programs = [(probe, fd) for probe, fd in programs if probe]
         fds = [bpf[name].get_fd() for name in MAPS] + attachments + [fd for _, fd in programs]
         message = {"flags": flags, "programs": [p for p, _ in programs], "attachments": len(attachments),
-                   "legacy": _legacy_kprobe_events(tracefs, os.getpid())}
+                   "legacy": _legacy_kprobe_events(tracefs, os.getpid()),
+                   "bcc": getattr(bcc, "__version__", "unknown")}
     except FentryRefused as e:
         fds, message = [], {"fentry_refused": str(e)}
     except LoadError as e:
@@ -718,6 +719,11 @@ def load(tracefs, map_size, max_sockets, syscall_tracepoints=False, print_only=F
     del kernel_btf  # the daemon keeps none of it
     if "error" in message:
         raise LoadError(message["error"])
+    log.info("compiled with bcc %s under Python %s on Linux %s", message.get("bcc"), platform.python_version(),
+             platform.release())
+    if bcc_too_old(message.get("bcc")):
+        log.warning("bcc %s is older than %s, the oldest errnomon is tested with (Debian 11, Ubuntu 22.04): if "
+                    "a hook misbehaves, upgrade python3-bpfcc", message["bcc"], OLDEST_BCC)
     for level, line in describe_choice(chosen, why):
         log.log(level, "%s", line)
     if not syscall_tracepoints:
@@ -728,6 +734,15 @@ def load(tracefs, map_size, max_sockets, syscall_tracepoints=False, print_only=F
     attached = attachment_report(chosen, syscall_tracepoints)
     return Programs(map_fds, fds[len(MAPS):n], attached, formats, message["flags"], prog_fds, ephemeral_ports(),
                     message.get("legacy", ()), tracefs)
+
+
+OLDEST_BCC = "0.18"
+
+
+def bcc_too_old(version):
+    """True if bcc's version (e.g. "0.18.0+ds-2", "0.31.0") is below OLDEST_BCC; unknown versions are not."""
+    m = re.match(r"(\d+)\.(\d+)", version or "")
+    return bool(m) and (int(m.group(1)), int(m.group(2))) < tuple(int(x) for x in OLDEST_BCC.split("."))
 
 
 def attachment_report(chosen, syscalls):

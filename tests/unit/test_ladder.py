@@ -155,3 +155,9 @@ def test_the_syscall_rung_is_the_last_and_opt_in():
     # a kernel with fexit never takes it
     chosen, _ = loader.choose_hooks(V6_1, syscalls=True)
     assert hooks(chosen)["send_errors"][0] == "fexit:inet_sendmsg"
+
+
+@pytest.mark.parametrize("version,old", [("0.18.0+ds-2", False), ("0.31.0", False), ("0.12.0-2", True),
+                                         ("0.9.0", True), ("unknown", False), (None, False)])
+def test_bcc_older_than_the_oldest_tested_is_named(version, old):
+    assert loader.bcc_too_old(version) is old
