@@ -25,7 +25,7 @@ from monitor import config as config_mod, web  # noqa: E402
 from monitor.aggregate import Aggregator  # noqa: E402
 from monitor.collector import ErrnoCollector  # noqa: E402
 from monitor.decode import Event  # noqa: E402
-from monitor.loader import PROBES  # noqa: E402
+from monitor.loader import SIGNALS, bare, hook_label  # noqa: E402
 
 BUDGET_MS_10K = 100.0
 SHARE = (("socket_errors", 0.5), ("socket_error_reports", 0.2), ("tcp_resets_received", 0.1),
@@ -59,7 +59,8 @@ def build(n):
     agg = Aggregator(config_mod.parse("series: {budget: %d}\nremote: {groups: [{name: loopback, cidrs: "
                                       "[127.0.0.0/8]}]}" % max(n, 1)))
     agg.add(events(n))
-    status = {"attached": {p: True for p in PROBES}, "drops": {m: 0 for m, _ in SHARE + (("sigpipe", 0),)}}
+    attached = {s.name: [(hook_label(s.rungs[0].kind, bare(t)), True) for t in s.rungs[0].targets] for s in SIGNALS}
+    status = {"attached": attached, "drops": {m: 0 for m, _ in SHARE + (("sigpipe", 0),)}}
     registry = CollectorRegistry()
     registry.register(ErrnoCollector(agg, lambda: status))
     ProcessCollector(registry=registry)
