@@ -52,6 +52,20 @@ def skmeminfo_drops(attr):
     return struct.unpack_from("=I", raw, 4 * SK_MEMINFO_DROPS)[0]
 
 
+def listeners_of(messages):
+    """Listeners from the messages of a LISTEN dump with INET_DIAG_SKMEMINFO, as pyroute2's own inet_diag_msg
+    decodes them (its fields and 'hex' attributes are read alike by pyroute2 0.5.14 to 0.7.7: the real dumps
+    in tests/unit/sock_diag)."""
+    out = []
+    for msg in messages:
+        if msg["header"]["type"] != seed.SOCK_DIAG_BY_FAMILY or msg["idiag_state"] != TCP_LISTEN:
+            continue
+        out.append(Listener(cookie=msg["idiag_cookie"], inode=msg["idiag_inode"], port=msg["idiag_sport"],
+                            drops=skmeminfo_drops(msg.get_attr("INET_DIAG_SKMEMINFO")),
+                            queued=msg["idiag_rqueue"], limit=msg["idiag_wqueue"]))
+    return out
+
+
 def dump_listeners():
     """Every TCP listener (IPv4 and IPv6) in the calling thread's network namespace."""
     from pyroute2.netlink.diag import DiagSocket  # netlink by a well-kept library; imported on first poll
@@ -60,13 +74,8 @@ def dump_listeners():
     with DiagSocket() as ds:
         ds.bind()
         for family in (socket.AF_INET, socket.AF_INET6):
-            for msg in ds.get_sock_stats(family=family, states=1 << TCP_LISTEN,
-                                         extensions=1 << (INET_DIAG_SKMEMINFO - 1)):
-                if msg["idiag_state"] != TCP_LISTEN:
-                    continue
-                out.append(Listener(cookie=msg["idiag_cookie"], inode=msg["idiag_inode"],
-                                    port=msg["idiag_sport"], drops=skmeminfo_drops(msg.get_attr("INET_DIAG_SKMEMINFO")),
-                                    queued=msg["idiag_rqueue"], limit=msg["idiag_wqueue"]))
+            out += listeners_of(ds.get_sock_stats(family=family, states=1 << TCP_LISTEN,
+                                                  extensions=1 << (INET_DIAG_SKMEMINFO - 1)))
     return out
 
 

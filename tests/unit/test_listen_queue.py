@@ -8,6 +8,8 @@ from monitor import listen_queue
 from monitor.listen_queue import Listener, ListenQueues
 from monitor.seed import Process
 
+from .sock_diag import CAPTURES, IDS, load, replay
+
 
 def meminfo(drops):
     """INET_DIAG_SKMEMINFO as pyroute2 renders it: nine u32 in host order, colon-separated hex."""
@@ -22,6 +24,20 @@ def meminfo(drops):
 ])
 def test_skmeminfo_drops(attr, drops):
     assert listen_queue.skmeminfo_drops(attr) == drops
+
+
+@pytest.mark.parametrize("path", CAPTURES, ids=IDS)
+def test_real_listen_dumps_decode_to_the_drops_the_kernel_counted(path):
+    """A listener whose accept queue overflowed (its drops are the namespace's ListenDrops) and quiet ones,
+    IPv4 and IPv6, as the installed pyroute2 decodes the kernel's own bytes."""
+    from pyroute2.netlink.diag import MarshalDiag
+
+    capture = load(path)["listeners"]
+    got = sorted(listen_queue.listeners_of(replay(capture["dump"], MarshalDiag())), key=repr)
+    expected = sorted((Listener(cookie=t["cookie"], inode=t["inode"], port=t["port"], drops=t["drops"],
+                                queued=t["queued"], limit=t["limit"]) for t in capture["truth"]), key=repr)
+    assert got == expected
+    assert sum(l.drops for l in got) == capture["listen_drops"] > 0
 
 
 class Host:
