@@ -116,6 +116,7 @@ class ListenQueues:
         self.first = True
         self.own_netns = os.stat("/proc/self/ns/net").st_ino
         self.failures = 0
+        self.warned = None  # the last failure of our own namespace's dump that was logged
         self.queues = []    # [(Owner, port, queued, limit)] of the last poll, for gauges
 
     def _dump_in(self, netns, pids):
@@ -154,6 +155,15 @@ class ListenQueues:
         return {l.inode: self.process_of(seed.pick_holder(held[l.inode])) if l.inode in held else None
                 for l in listeners}
 
+    def _warn(self, e):
+        """Our own namespace always exists and may always be read: its dump failing is a fault (pyroute2
+        missing or decoding differently, sock_diag refused) that would leave listen_drops empty for good.
+        One line per distinct error, not one per poll."""
+        text = "%s: %s" % (type(e).__name__, e)
+        if text != self.warned:
+            self.warned = text
+            log.warning("listen queues not read (%s): listen drops are not counted while this lasts", text)
+
     def poll(self):
         """[(Event, increase)] since the last poll."""
         events, queues, current = [], [], {}
@@ -162,7 +172,10 @@ class ListenQueues:
                 listeners = self._dump_in(netns, pids)
             except Exception as e:  # noqa: BLE001 - one namespace failing must not stop the others
                 self.failures += 1
-                log.debug("listen queues of netns %d not read: %s", netns, e)
+                if netns == self.own_netns:
+                    self._warn(e)
+                else:  # e.g. its last process exited meanwhile
+                    log.debug("listen queues of netns %d not read: %s", netns, e)
                 # keep its listeners' last values: seen again, they must not count their history anew
                 current.update((k, v) for k, v in self.seen.items() if k[0] == netns)
                 continue

@@ -140,6 +140,31 @@ def test_a_namespace_failing_once_does_not_recount_its_history():
     assert increments(q.poll()) == [("p10", 8080, 10, 100, 1)]
 
 
+def test_our_own_namespace_failing_is_one_warning_per_distinct_error(caplog):
+    h = Host()
+    h.pids = {1: [10], 2: [20]}
+    q = h.queues()
+    q.own_netns = 1
+    errors = {1: ImportError("No module named 'pyroute2'"), 2: OSError(3, "setns: No such process")}
+
+    def dump_in(netns, pids):
+        raise errors[netns]
+
+    q._dump_in = dump_in
+    with caplog.at_level("DEBUG", logger="errnomon.listen"):
+        q.poll()
+        q.poll()
+        errors[1] = KeyError("idiag_state")
+        q.poll()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        "listen queues not read (ImportError: No module named 'pyroute2'): listen drops are not counted while "
+        "this lasts",
+        "listen queues not read (KeyError: 'idiag_state'): listen drops are not counted while this lasts"]
+    assert q.failures == 6
+    assert sum(r.levelname == "DEBUG" for r in caplog.records) == 3  # the other namespace: gone meanwhile
+
+
 def test_closed_listeners_are_forgotten():
     h = Host()
     h.pids = {1: [10]}
