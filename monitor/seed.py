@@ -22,6 +22,7 @@ merged the way the programs merge listen() calls: one pid or pid 0, and the comm
 """
 
 import errno
+import functools
 import os
 import socket
 import struct
@@ -42,6 +43,10 @@ OWNER_ACCEPTED = abi.DEFINES["OWNER_ACCEPTED"]
 OWNER_AMBIGUOUS = abi.DEFINES["OWNER_AMBIGUOUS"]
 OWNER_ESTABLISHED = abi.DEFINES["OWNER_ESTABLISHED"]
 BPF_NOEXIST = 1
+# The pyroute2 versions that decode the real kernel dumps of tests/unit/sock_diag in tests/unit: Debian 11
+# (0.5.14), Ubuntu 22.04 (0.6.4), Debian 12 (0.7.2) and 13 (0.7.7), each in its kernel-matrix guest, and
+# PyPI's 0.9.7 (on a 6.18 host)
+PYROUTE2_TESTED = ("0.5.14", "0.6.4", "0.7.2", "0.7.7", "0.9.7")
 
 # One TCP socket as inet_diag reports it; addresses are 16 bytes (IPv4: the first 4, the rest zero).
 TcpSocket = namedtuple("TcpSocket", "family state sport dport src dst cookie inode")
@@ -69,6 +74,14 @@ def from_diag(data, offset=0):
                      cookie, inode)
 
 
+SOCK_DIAG_BY_FAMILY = 20  # the type of every message of a dump but the last (NLMSG_DONE)
+
+
+def _lean_ft_decode(msg, offset):
+    msg.ft_decode(offset)
+
+
+@functools.lru_cache(maxsize=None)
 def _diag_classes():
     from pyroute2.netlink import nlmsg
     from pyroute2.netlink.diag import DiagSocket, inet_diag_msg
@@ -76,15 +89,35 @@ def _diag_classes():
     class lean_inet_diag_msg(inet_diag_msg):
         """pyroute2's inet_diag_msg, its body read in one unpack into a TcpSocket (msg["tcp_socket"]), without
         the attributes (NLAs) and address formatting errnomon does not use: 100k sockets would otherwise
-        take seconds to decode."""
+        take seconds to decode.
+
+        Where pyroute2 versions differ: from 0.6, nlmsg.decode() reads the netlink header and then calls the
+        method self.ft_decode(offset) for the body. 0.5 (0.5.14 on Debian 11) calls self._ft_decode(self,
+        offset) instead, a function each message is given by compile_ft() when it is made; 0.6 removed
+        both, so compile_ft() here is called by 0.5 only, and points the same call at ft_decode()."""
 
         decode = nlmsg.decode  # not inet_diag_msg's, which formats the addresses
 
         def ft_decode(self, offset):
             self["tcp_socket"] = from_diag(self.data, offset)
 
+        def compile_ft(self):
+            self._ft_decode = _lean_ft_decode
+
     assert inet_diag_msg.fields[-1] == ("idiag_inode", "I") and len(inet_diag_msg.fields) == 15
     return DiagSocket, lean_inet_diag_msg
+
+
+def lean_marshal(marshal, message_class):
+    """A pyroute2 MarshalDiag (a DiagSocket's .marshal) made to decode IPv4 and IPv6 inet_diag messages
+    with message_class (_diag_classes()[1])."""
+    marshal.msg_map = {socket.AF_INET: message_class, socket.AF_INET6: message_class}
+    return marshal
+
+
+def tcp_sockets(messages):
+    """The TcpSockets of a dump's messages, decoded by lean_marshal's class."""
+    return [msg["tcp_socket"] for msg in messages if msg["header"]["type"] == SOCK_DIAG_BY_FAMILY]
 
 
 def dump_tcp(families=(socket.AF_INET, socket.AF_INET6)):
@@ -94,21 +127,19 @@ def dump_tcp(families=(socket.AF_INET, socket.AF_INET6)):
     except ImportError as e:
         raise SeedError("pyroute2 is not importable (%s): pip install pyroute2 or apt-get install "
                         "python3-pyroute2" % e)
-    from pyroute2.netlink.diag import SOCK_DIAG_BY_FAMILY, SS_ALL
+    from pyroute2.netlink.diag import SS_ALL
     out = []
     try:
         with DiagSocket() as ds:
             ds.bind()
-            ds.marshal.msg_map = {socket.AF_INET: message_class, socket.AF_INET6: message_class}
+            lean_marshal(ds.marshal, message_class)
             for family in families:
-                for msg in ds.get_sock_stats(family=family, states=SS_ALL, protocol=socket.IPPROTO_TCP):
-                    if msg["header"]["type"] == SOCK_DIAG_BY_FAMILY:  # not NLMSG_DONE/ERROR
-                        out.append(msg["tcp_socket"])
+                out += tcp_sockets(ds.get_sock_stats(family=family, states=SS_ALL, protocol=socket.IPPROTO_TCP))
     except (OSError, ValueError) as e:  # pyroute2's NetlinkError is an OSError
         raise SeedError("listing TCP sockets with sock_diag failed (%s)" % e)
-    except Exception as e:  # noqa: BLE001 - e.g. an older pyroute2 (0.5 on Debian 11) that decodes differently
-        raise SeedError("listing TCP sockets with sock_diag failed (%s: %s; pyroute2 0.7 or newer is known to "
-                        "work)" % (type(e).__name__, e))
+    except Exception as e:  # noqa: BLE001 - a pyroute2 that decodes differently again
+        raise SeedError("listing TCP sockets with sock_diag failed (%s: %s; pyroute2 %s to %s are known to "
+                        "work)" % (type(e).__name__, e, PYROUTE2_TESTED[0], PYROUTE2_TESTED[-1]))
     return out
 
 

@@ -8,6 +8,8 @@ from monitor import listen_queue
 from monitor.listen_queue import Listener, ListenQueues
 from monitor.seed import Process
 
+from .sock_diag import CAPTURES, IDS, load, replay
+
 
 def meminfo(drops):
     """INET_DIAG_SKMEMINFO as pyroute2 renders it: nine u32 in host order, colon-separated hex."""
@@ -22,6 +24,20 @@ def meminfo(drops):
 ])
 def test_skmeminfo_drops(attr, drops):
     assert listen_queue.skmeminfo_drops(attr) == drops
+
+
+@pytest.mark.parametrize("path", CAPTURES, ids=IDS)
+def test_real_listen_dumps_decode_to_the_drops_the_kernel_counted(path):
+    """A listener whose accept queue overflowed (its drops are the namespace's ListenDrops) and quiet ones,
+    IPv4 and IPv6, as the installed pyroute2 decodes the kernel's own bytes."""
+    from pyroute2.netlink.diag import MarshalDiag
+
+    capture = load(path)["listeners"]
+    got = sorted(listen_queue.listeners_of(replay(capture["dump"], MarshalDiag())), key=repr)
+    expected = sorted((Listener(cookie=t["cookie"], inode=t["inode"], port=t["port"], drops=t["drops"],
+                                queued=t["queued"], limit=t["limit"]) for t in capture["truth"]), key=repr)
+    assert got == expected
+    assert sum(l.drops for l in got) == capture["listen_drops"] > 0
 
 
 class Host:
@@ -122,6 +138,31 @@ def test_a_namespace_failing_once_does_not_recount_its_history():
     h.fail = set()
     h.listeners = {1: [listener(1, 51)]}
     assert increments(q.poll()) == [("p10", 8080, 10, 100, 1)]
+
+
+def test_our_own_namespace_failing_is_one_warning_per_distinct_error(caplog):
+    h = Host()
+    h.pids = {1: [10], 2: [20]}
+    q = h.queues()
+    q.own_netns = 1
+    errors = {1: ImportError("No module named 'pyroute2'"), 2: OSError(3, "setns: No such process")}
+
+    def dump_in(netns, pids):
+        raise errors[netns]
+
+    q._dump_in = dump_in
+    with caplog.at_level("DEBUG", logger="errnomon.listen"):
+        q.poll()
+        q.poll()
+        errors[1] = KeyError("idiag_state")
+        q.poll()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        "listen queues not read (ImportError: No module named 'pyroute2'): listen drops are not counted while "
+        "this lasts",
+        "listen queues not read (KeyError: 'idiag_state'): listen drops are not counted while this lasts"]
+    assert q.failures == 6
+    assert sum(r.levelname == "DEBUG" for r in caplog.records) == 3  # the other namespace: gone meanwhile
 
 
 def test_closed_listeners_are_forgotten():

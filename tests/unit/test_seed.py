@@ -9,6 +9,8 @@ import pytest
 
 from monitor import cgroups, seed
 
+from .sock_diag import CAPTURES, IDS, load, replay
+
 V4 = socket.AF_INET
 V6 = socket.AF_INET6
 LO4 = socket.inet_pton(V4, "127.0.0.1") + bytes(12)
@@ -42,6 +44,32 @@ def test_recorded_diag_messages(hexdata, expected):
     assert msg["tcp_socket"] == expected
     assert seed.from_diag(bytes.fromhex(hexdata), 16) == expected   # after the netlink header
     assert seed.INET_DIAG_MSG.size == 72  # sizeof(struct inet_diag_msg)
+
+
+# ---- real dumps from every kernel of the matrix, decoded by the installed pyroute2 --------------------------
+
+def test_captures_cover_the_kernel_matrix():
+    """bullseye 5.10, jammy 5.15, bookworm 6.1, trixie 6.12 (tests/kernels/kernels.txt) and this host's 6.18."""
+    kernels = {load(p)["kernel"].split(".")[0] + "." + load(p)["kernel"].split(".")[1] for p in CAPTURES}
+    assert {"5.10", "5.15", "6.1", "6.12", "6.18"} <= kernels
+
+
+@pytest.mark.parametrize("path", CAPTURES, ids=IDS)
+def test_real_dumps_decode_to_what_proc_and_the_sockets_say(path):
+    from pyroute2.netlink.diag import MarshalDiag
+
+    capture = load(path)["sockets"]
+    marshal = seed.lean_marshal(MarshalDiag(), seed._diag_classes()[1])
+    decoded = seed.tcp_sockets(replay(capture["dump"], marshal))
+    assert decoded and all(s.cookie for s in decoded)  # the dump makes every socket's cookie
+    # cookies are known (SO_COOKIE) for the sockets with a file: the kernel-only ones are compared without
+    got = sorted((s if s.inode else s._replace(cookie=None) for s in decoded), key=repr)
+    expected = sorted((seed.TcpSocket(t["family"], t["state"], t["sport"], t["dport"], bytes.fromhex(t["src"]),
+                                      bytes.fromhex(t["dst"]), t["cookie"], t["inode"])
+                       for t in capture["truth"]), key=repr)
+    assert got == expected
+    states = {s.state for s in decoded}
+    assert {seed.TCP_LISTEN, seed.TCP_ESTABLISHED, seed.TCP_TIME_WAIT} <= states and len(states) >= 5
 
 
 # ---- fake /proc -------------------------------------------------------------------------------------------
