@@ -52,7 +52,9 @@ log "pytest $PYTEST_ARGS"
 { python3 -m pytest -p no:cacheprovider --basetemp=/tmp/pytest --junitxml="$OUT/junit.xml" -rA -v \
     $PYTEST_ARGS 2>&1; echo "PYTEST_EXIT=$?" >>"$OUT/guest.env"; } | tee "$OUT/pytest.log"
 end=$(cut -d' ' -f1 /proc/uptime)
-for f in /tmp/pytest/*/errnomon.log; do [ -f "$f" ] && cp "$f" "$OUT/errnomon.log"; done
+# every daemon's log, named after its test directory; errnomon.log is the main test daemon's
+for f in /tmp/pytest/*/*.log; do [ -f "$f" ] && cp "$f" "$OUT/$(basename "$(dirname "$f")")-$(basename "$f")"; done
+[ -f /tmp/pytest/errnomon0/errnomon.log ] && cp /tmp/pytest/errnomon0/errnomon.log "$OUT/errnomon.log"
 {
     echo "SUITE_SECONDS=$(echo "$start $end" | awk '{printf "%.1f", $2 - $1}')"
     echo "DONE=1"

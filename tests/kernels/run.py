@@ -7,8 +7,8 @@ one line per kernel. Exit status 0 only if every kernel passed.
 
 Environment: ERRNOMON_KERNEL_CACHE (images and the last run of each kernel, default /var/tmp/errnomon-kernels),
 KERNEL_JOBS (guests at once, default 2), KERNEL_TIMEOUT (seconds a guest may run, default 600),
-KERNEL_PYTEST_ARGS (default: test_errors.py, test_ladder.py, test_connect_failures.py and the os.sendfile
-test of tests/bpf/),
+KERNEL_PYTEST_ARGS (default: test_errors.py, test_ladder.py, test_connect_failures.py, test_seed.py and the
+os.sendfile test of tests/bpf/; test_seed.py and test_listen_queue.py of tests/unit/),
 ERRNOMON_TEST_TAG (passed to the guest).
 Host needs: root, mmdebstrap, e2fsprogs, qemu-system-x86 (tests/kernels/setup.sh installs them).
 """
@@ -29,11 +29,13 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 CACHE = os.environ.get("ERRNOMON_KERNEL_CACHE", "/var/tmp/errnomon-kernels")
 JOBS = int(os.environ.get("KERNEL_JOBS", "2"))
 TIMEOUT = float(os.environ.get("KERNEL_TIMEOUT", "600"))
-# the scenarios whose hooks differ by kernel: every seed phenomenon, the lower rungs, connect failures, and
-# sendfile (through ->sendpage before 6.5)
+# the scenarios whose hooks differ by kernel: every seed phenomenon, the lower rungs, connect failures,
+# sendfile (through ->sendpage before 6.5), seeding (sock_diag, socket cookies) and the distribution's own
+# pyroute2 decoding recorded sock_diag answers
 PYTEST_ARGS = os.environ.get(
     "KERNEL_PYTEST_ARGS", "tests/bpf/test_errors.py tests/bpf/test_ladder.py tests/bpf/test_connect_failures.py "
-    "tests/bpf/test_real_programs.py::test_os_sendfile_to_peer_that_resets_mid_transfer")
+    "tests/bpf/test_real_programs.py::test_os_sendfile_to_peer_that_resets_mid_transfer tests/bpf/test_seed.py "
+    "tests/unit/test_seed.py tests/unit/test_listen_queue.py")
 MISSING_PACKAGES = 3  # build-image.sh's exit status when the archive lacks a package
 
 _guests = set()  # running qemu processes, killed on any exit of the runner
