@@ -48,6 +48,7 @@ struct errnomon_key {
 #define OWNER_ACCEPTED 2  /* accepted from a listener: service port is ours */
 #define OWNER_AMBIGUOUS 4 /* listeners of several programs share the port */
 #define OWNER_ESTABLISHED 8 /* the handshake completed: later errors are not connect failures */
+#define OWNER_CONNECT_FAILED 16 /* this connection attempt's failure is counted already */
 
 struct errnomon_owner {
     __u32 tgid;

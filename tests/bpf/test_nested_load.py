@@ -116,11 +116,17 @@ def test_no_skips_under_nested_tracing_load(daemon):
     time.sleep(1.5)
     # a full counting map would be counted here, not lost: if another test floods the host, say so
     assert dropped(daemon) == dropped_before, "counts map full meanwhile (other traffic on this host)"
-    expect(daemon, cli, "errnomon_connect_failures_total", (dict(peer, errno="ETIMEDOUT"), generated))
+    # counted + missed == generated. The raw tracepoint programs are skipped only on self-recursion, which only
+    # inet_sock_set_state (where connect failures are counted) can meet: a timer softirq's SYN_SENT -> CLOSE on
+    # the CPU where the program is running for a process's state change. Such a skip is exported, never silent.
+    after = missed(daemon)
+    recursed = after.get("sock:inet_sock_set_state", 0) - before.get("sock:inet_sock_set_state", 0)
+    expect(daemon, cli, "errnomon_connect_failures_total", (dict(peer, errno="ETIMEDOUT"), generated - recursed))
     expect(daemon, cli, "errnomon_socket_error_reports_total")
     after = missed(daemon)
-    # counted + missed == generated, with missed == 0: the raw tracepoint programs are never skipped
-    assert {p: after[p] - before.get(p, 0) for p in RAW_PROBES} == {p: 0 for p in RAW_PROBES}
+    others = [p for p in RAW_PROBES if p != "sock:inet_sock_set_state"]
+    assert {p: after[p] - before.get(p, 0) for p in others} == {p: 0 for p in others}
+    print("nested load: inet_sock_set_state skipped %d times by self-recursion" % recursed)
     # what a perf-event program saw meanwhile (it may lose events without even counting a miss)
     print("nested load: %d ETIMEDOUT generated; errnomon counted %d; a perf-event program counted %d and "
           "missed %d" % (generated, generated, reference, reference_misses))
