@@ -354,8 +354,13 @@ def servers_section(sv, img):
     if img:
         out += ["![servers](%s)" % img, ""]
     if sv.get("runs"):
-        out += ["Runs during which a virtual machine (qemu) was running: %d of %d." % (
-            sv["runs_with_noisy_processes"], sv["runs"]), ""]
+        dist = sv.get("rounds_disturbed", [])
+        out += ["Runs during which a virtual machine (qemu) was running: %d of %d. Rounds run: %d; with a virtual "
+                "machine running during them: %d; counted in the figures above: %d%s." % (
+                    sv["runs_with_noisy_processes"], sv["runs"], len(dist), sum(1 for d in dist if d), sv["rounds"],
+                    " (too few undisturbed rounds: every round is counted, disturbed ones included)"
+                    if sum(1 for d in dist if d) and sv["rounds"] == len(dist) else
+                    " (the undisturbed ones)" if sum(1 for d in dist if d) else ""), ""]
     calls = sv.get("calls") or {}
     if calls:
         rows = []
