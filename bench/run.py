@@ -39,7 +39,7 @@ def parse_args(argv):
     p.add_argument("--server-rounds", type=int, help="rounds of the real-server benchmark (default 9; --quick 1)")
     p.add_argument("--server-seconds", type=float,
                    help="seconds per wrk run and per redis-benchmark test (default 3; --quick 1)")
-    p.add_argument("--cost-rounds", type=int, help="rounds of the per-error cost breakdown (default 5; --quick 1)")
+    p.add_argument("--cost-rounds", type=int, help="rounds of the per-error cost breakdown (default 7; --quick 1)")
     p.add_argument("--cost-seconds", type=float, help="seconds per storm of the cost breakdown (default 2; --quick 0.5)")
     p.add_argument("--quiet-wait", type=float,
                    help="seconds to wait for a quiet machine before each benchmark (default 180; --quick 0)")
@@ -57,7 +57,7 @@ def parse_args(argv):
     a.churn_seconds = a.churn_seconds or (5.0 if q else 600.0)
     a.server_rounds = a.server_rounds or (1 if q else 9)
     a.server_seconds = a.server_seconds or (1.0 if q else 3.0)
-    a.cost_rounds = a.cost_rounds or (1 if q else 5)
+    a.cost_rounds = a.cost_rounds or (1 if q else 7)
     a.cost_seconds = a.cost_seconds or (0.5 if q else 2.0)
     a.quiet_wait = (0.0 if q else 180.0) if a.quiet_wait is None else a.quiet_wait
     a.round_quiet_wait = (None if q else 120.0) if a.round_quiet_wait is None else a.round_quiet_wait

@@ -144,7 +144,8 @@ def run(out_dir, build_dir, seconds=10.0, refused_seconds=5.0, procs=None, cost_
 # ---- per-error cost, step by step ------------------------------------------------------------------------
 
 # The steps of the send program's error path (bpf/errnomon.bpf.c, io_error), each of which a bench-only copy of
-# the source can compile out with -D<flag>: (step, flag, the text in io_error it guards, its replacement).
+# the source can compile out with -D<flag>: (step, flag, the text in io_error, what it becomes). A statement is
+# put under #ifdef; an expression (which may sit inside another step's statement) becomes a macro.
 STEPS = (
     ("owner lookup", "BENCH_NO_OWNER",
      "    o = owner_of(sk);\n    if (o) {\n        key_from_owner(&key, o);\n    } else {\n"
@@ -153,12 +154,8 @@ STEPS = (
     ("comm and cgroup", "BENCH_NO_COMM_CGROUP",
      "    key_from_current(&key);\n",
      "    key.tgid = bpf_get_current_pid_tgid() >> 32;\n"),
-    ("sendfile check", "BENCH_NO_SENDFILE_CHECK",
-     "    if (op != OP_SEND || !sent_earlier_in_sendfile())\n        count(&key, METRIC_SOCKET_ERRORS);\n",
-     "    count(&key, METRIC_SOCKET_ERRORS);\n"),
-    ("map update", "BENCH_NO_COUNT",
-     "        count(&key, METRIC_SOCKET_ERRORS);\n",
-     "        ;\n"),
+    ("sendfile check", "BENCH_NO_SENDFILE_CHECK", "sent_earlier_in_sendfile()", "0"),
+    ("map update", "BENCH_NO_COUNT", "count(&key, METRIC_SOCKET_ERRORS)", "(void)0"),
     ("SIGPIPE lookup", "BENCH_NO_SIGPIPE",
      "    if (op == OP_SEND && err == EPIPE)\n        sigpipe_after_epipe(&key);\n",
      ""),
@@ -176,11 +173,18 @@ def guarded_source(build_dir):
     start = text.index("static __always_inline int io_error(")
     end = text.index("\n}\n", start) + 3
     body = text[start:end]
+    macros = []
     for step, flag, old, new in STEPS:
         if body.count(old) != 1:
             raise RuntimeError("per-error cost: the '%s' step is not where it was in io_error (%s): update "
                                "bench/storm.py STEPS" % (step, src))
-        body = body.replace(old, "#ifdef %s\n%s#else\n%s#endif\n" % (flag, new, old))
+        if old.endswith("\n"):
+            body = body.replace(old, "#ifdef %s\n%s#else\n%s#endif\n" % (flag, new, old))
+        else:
+            name = flag + "_EXPR"
+            body = body.replace(old, name)
+            macros.append("#ifdef %s\n#define %s %s\n#else\n#define %s %s\n#endif\n" % (flag, name, new, name, old))
+    body = "".join(macros) + body
     os.makedirs(build_dir, exist_ok=True)
     out = os.path.join(build_dir, "errnomon-steps.bpf.c")
     with open(out, "w") as f:
