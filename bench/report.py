@@ -160,7 +160,7 @@ def plots(hot, storm, scrape, foot, servers=None):
 
     cost = storm and storm.get("per_error_cost")
     if cost and cost.get("steps"):
-        steps = list(cost["steps"])
+        steps = cost.get("step_order") or list(cost["steps"])
         med = [cost["steps"][s]["program_ns"]["median"] or 0 for s in steps]
         lo = [m - (cost["steps"][s]["program_ns"]["low"] or 0) for m, s in zip(med, steps)]
         hi = [(cost["steps"][s]["program_ns"]["high"] or 0) - m for m, s in zip(med, steps)]
@@ -450,8 +450,8 @@ def cost_section(cost, img):
                      interval(r["host_ns_over_bare"], "%+.0f") if c != "bare" else ""])
     out += [table(["Configuration", "Errors/s (median)", "Send program ns per run", "Host ns per error over bare"],
                   rows), ""]
-    rows = [[step, "`-D%s`" % v["flag"], interval(v["program_ns"], "%+.1f"), interval(v["host_ns"], "%+.0f")]
-            for step, v in cost["steps"].items()]
+    rows = [[step, "`-D%s`" % cost["steps"][step]["flag"], interval(cost["steps"][step]["program_ns"], "%+.1f"),
+             interval(cost["steps"][step]["host_ns"], "%+.0f")] for step in cost.get("step_order") or cost["steps"]]
     out += ["What each step costs (errnomon minus errnomon without the step, round by round):", "",
             table(["Step", "Compiled out by", "Program ns per error", "Host ns per error"], rows), ""]
     if img:

@@ -263,5 +263,5 @@ def per_error_cost(out_dir, build_dir, rounds=5, seconds=2.0, stats_seconds=1.0,
                        "host_ns": {k: round(v, 2) if isinstance(v, float) else v
                                    for k, v in spread(per_round_host).items()}}
     return {"rounds": rounds, "seconds": seconds, "stats_seconds": stats_seconds, "processes": procs,
-            "configs": list(COST_CONFIGS), "results": out, "steps": steps, "rounds_quiet": rounds_quiet,
+            "configs": list(COST_CONFIGS), "results": out, "steps": steps, "step_order": [s[0] for s in STEPS], "rounds_quiet": rounds_quiet,
             "source": os.path.relpath(source, out_dir)}
