@@ -764,6 +764,25 @@ def analysis(hot, storm, scrape, foot, servers=None):
     return out
 
 
+def run_row(results):
+    """What each benchmark ran, from its own JSON (benchmarks may come from separate `--only` runs)."""
+    hot, sv, storm, foot = (results.get(n) for n in ("hotpath", "servers", "storm", "footprint"))
+    parts = []
+    if hot:
+        parts.append("%s: %d hot-path rounds of %g s" % (hot.get("run", {}).get("mode", "?"), hot["rounds"],
+                                                           hot["seconds_per_run"]))
+    if sv:
+        parts.append("%d server rounds counted of %d run, %g s per test" % (
+            sv["rounds"], sv.get("rounds_run", sv["rounds"]), sv["seconds_per_run"]))
+    if storm:
+        parts.append("%g s EPIPE storm" % storm["modes"]["epipe"]["seconds"])
+        if storm.get("per_error_cost"):
+            parts.append("%d per-error cost rounds" % storm["per_error_cost"]["rounds"])
+    if foot:
+        parts.append("%.0f s churn" % foot["churn"]["seconds"])
+    return ", ".join(parts)
+
+
 def write(out_dir):
     hot, servers, storm, scrape, foot = (load(out_dir, n) for n in ("hotpath", "servers", "storm", "scrape",
                                                                      "footprint"))
@@ -802,12 +821,7 @@ def write(out_dir):
             ["bpftrace", m.get("bpftrace", "")],
             ["gcc", m.get("gcc", "")],
             ["prometheus_client", m.get("prometheus_client", "")],
-            ["Run", "%s: %s hot-path rounds of %.1f s, %s server rounds of %s s, %.0f s EPIPE storm, %s per-error "
-                    "cost rounds, %.0f s churn" % (
-                        m.get("mode", ""), args.get("rounds", ""), args.get("seconds", 0) or 0,
-                        args.get("server_rounds", ""), args.get("server_seconds", ""),
-                        args.get("storm_seconds", 0) or 0, args.get("cost_rounds", ""),
-                        args.get("churn_seconds", 0) or 0)],
+            ["Run", run_row(results)],
             ["Servers", ", ".join(v for v in (servers or {}).get("versions", {}).values() if v) or "not run"],
             ["Load average at start", " ".join(m.get("loadavg_at_start", []))],
         ]),
