@@ -454,22 +454,30 @@ def quiet_now(busy_limit=0.3, sample=2.0):
     return not holders and not noisy and busy < busy_limit, busy, holders, noisy
 
 
+# Seconds this process may still spend waiting for quiet, over all checks (None: no limit): bench/run.py
+# --quiet-budget, so that a machine that never quiets down cannot stretch a run past a deadline.
+QUIET_BUDGET = {"left": None}
+
+
 def quiet_check(wait=0.0, busy_limit=0.3, sample=2.0):
-    """Wait up to `wait` seconds for a quiet machine (no other BPF tracer, no virtual machine running, host busy
-    < busy_limit CPUs over `sample` s); returns what was found at the end, and whether it was quiet. Never fails:
-    the result is recorded."""
+    """Wait up to `wait` seconds (and no more than what is left of QUIET_BUDGET) for a quiet machine (no other
+    BPF tracer, no virtual machine running, host busy < busy_limit CPUs over `sample` s); returns what was found
+    at the end, and whether it was quiet. Never fails: the result is recorded."""
+    if QUIET_BUDGET["left"] is not None:
+        wait = max(0.0, min(wait, QUIET_BUDGET["left"]))
     deadline = time.monotonic() + wait
-    waited = 0.0
     t0 = time.monotonic()
     while True:
         quiet, busy, holders, noisy = quiet_now(busy_limit, sample)
         if quiet or time.monotonic() >= deadline:
             break
-        waited = time.monotonic() - t0
         log("machine not quiet (busy %.2f CPUs, %d other BPF holders: %s; running: %s); waiting (%.0f s left)"
             % (busy, len(holders), ", ".join(sorted({h["comm"] for h in holders})) or "none",
                ", ".join(sorted({p["comm"] for p in noisy})) or "nothing noisy", deadline - time.monotonic()))
         time.sleep(3.0)
+    waited = max(0.0, time.monotonic() - t0 - sample)  # all but the one look every check takes
+    if QUIET_BUDGET["left"] is not None:
+        QUIET_BUDGET["left"] = max(0.0, QUIET_BUDGET["left"] - waited)
     return {"quiet": quiet, "host_busy_cpus": busy, "other_bpf_holders": holders, "noisy_processes": noisy,
             "waited_s": round(waited, 1), "loadavg": open("/proc/loadavg").read().split()[:3]}
 

@@ -46,6 +46,8 @@ def parse_args(argv):
     p.add_argument("--round-quiet-wait", type=float,
                    help="seconds to wait for a quiet machine before each round of the side-by-side benchmarks "
                         "(default 120; --quick: do not look)")
+    p.add_argument("--quiet-budget", type=float,
+                   help="seconds this run may spend waiting for quiet in all (default: no limit)")
     p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/BENCHMARKS.md and docs/img/")
     p.add_argument("--docs-only", action="store_true", help="only regenerate the docs from the JSON in --out")
     p.add_argument("--strict", action="store_true", help="exit 1 when a budget is not met")
@@ -123,6 +125,7 @@ def main(argv=None):
             print("bench: error: " + p, file=sys.stderr)
         return 2
     os.makedirs(a.out, exist_ok=True)
+    common.QUIET_BUDGET["left"] = a.quiet_budget
     build = os.path.join(a.out, "build")
     machine = machine_info()
     machine["mode"] = "quick" if a.quick else "full"
