@@ -40,6 +40,7 @@ PORTS = {"nginx": 18401, "redis": 18402}  # the benchmark's own range, 18400-184
 CONNECTIONS = 8
 PIPELINES = (1, 16)
 SETTLE = 1.0
+EXTRA_ROUNDS = 3  # at most, in place of rounds a virtual machine disturbed
 BODY = b"errnomon benchmark: a small static response\n" * 3  # 135 bytes
 
 WORKLOADS = ["nginx"] + ["redis-%s-P%d" % (t, p) for p in PIPELINES for t in ("set", "get")]
@@ -313,7 +314,7 @@ def count_calls(workdir, seconds, redis_n):
 def run(out_dir, rounds=9, seconds=3.0, quick=False, round_quiet_wait=None):
     """round_quiet_wait: seconds to wait for a quiet machine before each round (None: do not look, and keep
     every round). When it is given, a round during which a virtual machine ran (a qemu-system process seen at
-    the start or end of any of its runs) is recorded, left out of the figures and run again, up to `rounds`
+    the start or end of any of its runs) is recorded, left out of the figures and run again, up to EXTRA_ROUNDS
     extra rounds; if fewer than 3 undisturbed rounds remain, every round counts (and the page says so)."""
     missing = [t for t, path in tools().items() if not path]
     if missing:
@@ -336,7 +337,7 @@ def run(out_dir, rounds=9, seconds=3.0, quick=False, round_quiet_wait=None):
                 "P%d %d" % kv for kv in sorted(redis_n.items())))
             disturbed = []
             r = 0
-            while disturbed.count(False) < rounds and r < (2 * rounds if round_quiet_wait is not None else rounds):
+            while disturbed.count(False) < rounds and r < rounds + (EXTRA_ROUNDS if round_quiet_wait is not None else 0):
                 order = CONFIGS[r % len(CONFIGS):] + CONFIGS[:r % len(CONFIGS)]
                 order_log.append(list(order))
                 rounds_quiet.append(before_round(round_quiet_wait))
