@@ -711,6 +711,33 @@ def analysis(hot, storm, scrape, foot, servers=None):
             "; not in %s" % ", ".join("`%s` (%s)" % (w, interval(
                 servers["results"][w]["errnomon"]["ahead_of_bpftrace"], "%+.2f%%", 100)) for w in behind)
             if behind else "")]
+        floor_ns = hot and "empty-raw" in hot["results"][str(hot["sizes"][0])] and \
+            hot["results"][str(hot["sizes"][0])]["empty-raw"]["ns_per_call"]
+        calls = servers.get("calls") or {}
+        if floor_ns and calls:
+            parts = []
+            for w in servers["workloads"]:
+                name = "nginx" if w == "nginx" else "redis-P%s" % w.rsplit("-P", 1)[1]
+                c = calls.get(name)
+                if not c:
+                    continue
+                rate = servers["results"][w]["bare"]["median_rate"]
+                parts.append("`%s` %.2f%% of the server's core and %.2f%% of the client's" % (
+                    w, 100 * c["server"]["socket_calls_per_request"] * floor_ns * rate / 1e9,
+                    100 * c["client"]["socket_calls_per_request"] * floor_ns * rate / 1e9))
+            total = sum(v for c in calls.values() for role in ("server", "client")
+                        for v in c[role]["by_outcome"].values())
+            errors = {kind: sum(v for c in calls.values() for role in ("server", "client")
+                                for k, v in c[role]["by_outcome"].items() if k.endswith(kind))
+                      for kind in ("EAGAIN", "other error")}
+            out += ["- What the floor predicts: socket calls per request (table above) x the hot path's floor at "
+                    "64 B (%.0f ns per call) x the bare requests/s: %s. Of the %s socket calls counted, %s returned "
+                    "EAGAIN (dropped by errnomon after its errno test and a settings lookup) and %s another error "
+                    "(the only ones that take errnomon's counting path)%s." % (
+                        floor_ns, "; ".join(parts), "{:,}".format(total), "{:,}".format(errors["EAGAIN"]),
+                        "{:,}".format(errors["other error"]),
+                        ": on these servers errnomon's own work is next to nothing beside the floor"
+                        if total and (errors["EAGAIN"] + errors["other error"]) < 1e-3 * total else "")]
         noisy = servers.get("runs_with_noisy_processes", 0)
         if noisy:
             out += ["- %d of %d runs had a virtual machine running beside them: their rates are disturbed, and "
