@@ -236,9 +236,9 @@ def quiet_line(name, r):
             "virtual machines running: %s)" % (
                 name, run.get("date", "?"), run.get("mode", "?"), r.get("duration_s", 0),
                 "quiet" if q["quiet"] else "**NOT quiet**", q["host_busy_cpus"], others, noisy))
-    rounds = [rounds_quiet_text(x) for x in (r.get("rounds_quiet"), r.get("breakdown", {}).get("rounds_quiet"),
-                                             (r.get("per_error_cost") or {}).get("rounds_quiet"))]
-    rounds = [x for x in rounds if x]
+    rounds = [label + rounds_quiet_text(x) for label, x in (
+        ("", r.get("rounds_quiet")), ("breakdown: ", r.get("breakdown", {}).get("rounds_quiet")),
+        ("per-error cost: ", (r.get("per_error_cost") or {}).get("rounds_quiet"))) if rounds_quiet_text(x)]
     if rounds:
         line += "; " + "; ".join(rounds)
     return line
@@ -697,6 +697,16 @@ def analysis(hot, storm, scrape, foot, servers=None):
                 % (full, empty, full - empty, "; ".join(
                     "%s %s ns (host %s ns)" % (step, interval(v["program_ns"], "%+.1f"), interval(v["host_ns"], "%+.0f"))
                     for step, v in steps), only), ""]
+        out += ["What each step is for, and whether it can go: the map update is the count itself (a hash lookup "
+                "of the 56-byte key and an atomic add; a per-CPU map would drop the atomic but makes every drain "
+                "sum over CPUs); comm and cgroup label the process that saw the error, and the owner's copies "
+                "can be stale (exec, prctl, cgroup moves); the owner lookup gives the remote address and service "
+                "port; the sendfile check keeps a failing sendfile chunk after bytes were sent from being counted; "
+                "the SIGPIPE lookup runs for EPIPE only. No step is dead weight on this path. The only saving "
+                "that changes nothing counted is small: `io_error` copies the owner's tgid, cgroup and comm into "
+                "the key (`key_from_owner`) and `key_from_current` overwrites all three right after, so copying "
+                "only port, family and remote from the owner saves two 8-byte and one 16-byte copy, a few "
+                "instructions, well inside the spread above.", ""]
     if servers:
         unmet = [w for w in servers["workloads"]
                  if not servers["checks"]["errnomon_within_noise_of_floor_%s" % w]["ok"]]
@@ -706,10 +716,13 @@ def analysis(hot, storm, scrape, foot, servers=None):
             len(servers["workloads"]) - len(unmet), len(servers["workloads"]),
             "; not in %s" % ", ".join("`%s` (%s points)" % (w, interval(
                 servers["results"][w]["errnomon"]["minus_floor"], "%+.2f", 100)) for w in unmet) if unmet else "")]
-        out += ["- errnomon keeps more than bpftrace in %d of %d workloads%s." % (
+        def resolved(d):
+            return "" if d["low"] > 0 or d["high"] < 0 else ", the interval spans 0: not resolved"
+        out += ["- errnomon keeps more than bpftrace (median of per-round ratios) in %d of %d workloads%s." % (
             len(servers["workloads"]) - len(behind), len(servers["workloads"]),
-            "; not in %s" % ", ".join("`%s` (%s)" % (w, interval(
-                servers["results"][w]["errnomon"]["ahead_of_bpftrace"], "%+.2f%%", 100)) for w in behind)
+            "; not in %s" % ", ".join("`%s` (%s%s)" % (w, interval(
+                servers["results"][w]["errnomon"]["ahead_of_bpftrace"], "%+.2f%%", 100),
+                resolved(servers["results"][w]["errnomon"]["ahead_of_bpftrace"])) for w in behind)
             if behind else "")]
         floor_ns = hot and "empty-raw" in hot["results"][str(hot["sizes"][0])] and \
             hot["results"][str(hot["sizes"][0])]["empty-raw"]["ns_per_call"]
@@ -828,10 +841,10 @@ def write(out_dir):
         "python3-matplotlib, nginx, wrk and redis if missing, then runs `.venv/bin/python bench/run.py`); results go "
         "to `bench/out/*.json`, this page and `docs/img/bench-*.png`. Run it on a quiet machine: other tracers "
         "(another errnomon, bpftrace) run in every configuration, \"bare\" included, and other load (a virtual "
-        "machine above all) disturbs the rates; the harness waits up to %.0f s for quiet (no other tracer, no "
-        "qemu-system process, host under 0.3 CPUs busy) before each benchmark and up to %s s before each round of "
-        "the side-by-side ones, and records below whether it got it."
-        % (args.get("quiet_wait", 180), "%.0f" % args["round_quiet_wait"] if args.get("round_quiet_wait") else "0"),
+        "machine above all) disturbs the rates; by default the harness waits up to 180 s for quiet (no other "
+        "tracer, no qemu-system process, host under 0.3 CPUs busy) before each benchmark and up to 120 s before "
+        "each round of the side-by-side ones (`--quiet-wait`, `--round-quiet-wait`, `--quiet-budget`), and records "
+        "below whether it got it.",
         "",
         "## Machine and run",
         "",
@@ -857,6 +870,13 @@ def write(out_dir):
         "",
     ]
     doc += ["- " + quiet_line(n, r) for n, r in results.items()]
+    noisy = [n for n, r in results.items() if r and not r.get("quiet_before", {}).get("quiet", True)]
+    if noisy:
+        doc += ["", "**Measured on a busy machine.** %s ran while the machine was not quiet (see above: virtual "
+                "machines or other tracers running, the host busy). Their rates and times are disturbed and the "
+                "intervals wide; a budget met or missed here says little until `make bench` runs again on a quiet "
+                "machine. Counts (storm exactness) and memory are not affected the same way."
+                % ", ".join(noisy)]
     doc += ["", "## Budgets", "", checks_table(results), ""]
     doc += hot_section(hot, images.get("hotpath"))
     doc += servers_section(servers, images.get("servers"))
