@@ -17,8 +17,9 @@ test:
 check: setup
 	$(VENV)/bin/errnomon --config.check --config.file=$(CONFIG)
 
-# Benchmarks (root): installs gcc, bpftrace, python3-matplotlib if missing; results in bench/out/, docs/BENCHMARKS.md.
-# Options through BENCH_ARGS, e.g. make bench BENCH_ARGS='--churn-seconds 60'.
+# Benchmarks (root): installs gcc, bpftrace, python3-matplotlib, nginx, wrk, redis if missing; results in bench/out/,
+# docs/BENCHMARKS.md. Needs 2 CPUs and a quiet machine (no qemu guests). Options through BENCH_ARGS, e.g.
+# make bench BENCH_ARGS='--only servers --server-rounds 15' (bench/run.py --help).
 .PHONY: bench
 bench: setup
 	bash bench/setup.sh

@@ -196,9 +196,19 @@ def _os_release():
     return ""
 
 
+class StartStop:
+    """`with X() as x:` for the classes here: start() on entry (returning self), stop() on exit."""
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
 # ---- the daemon ------------------------------------------------------------------------------------------
 
-class Errnomon:
+class Errnomon(StartStop):
     """A real errnomon daemon: `.venv/bin/errnomon --config.file=... --web.listen-address=127.0.0.1:<free>`.
 
     It gets a NOTIFY_SOCKET (a datagram socket bound here), so start-up is timed from exec to READY=1;
@@ -313,12 +323,6 @@ class Errnomon:
             self.log = None
         return rc
 
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-
 
 def bpftrace_program(kind):
     """The comparison bpftrace programs: the same error counting on the same tracepoints, or on syscall exits."""
@@ -331,21 +335,24 @@ def bpftrace_program(kind):
     return probes + "\n/args->ret < 0/ { @[comm, probe, args->ret] = count(); }\n"
 
 
-class Bpftrace:
-    """bpftrace running one of the comparison programs; start() returns once its probes are attached."""
+class Bpftrace(StartStop):
+    """bpftrace running one of the comparison programs (or `program`, named `kind`); start() returns once its
+    probes are attached; after stop(), `output` holds what it printed (its maps, on SIGINT)."""
 
-    def __init__(self, kind, workdir, timeout=60.0):
+    def __init__(self, kind, workdir, timeout=60.0, program=None):
         self.kind = kind
         self.workdir = workdir
         self.timeout = timeout
+        self.program = program
         self.proc = None
+        self.output = ""
 
     def start(self):
         os.makedirs(self.workdir, exist_ok=True)
         script = os.path.join(self.workdir, "bpftrace-%s.bt" % self.kind)
         with open(script, "w") as f:
             # BEGIN runs once every probe is attached
-            f.write('BEGIN { printf("READY\\n"); }\n' + bpftrace_program(self.kind))
+            f.write('BEGIN { printf("READY\\n"); }\n' + (self.program or bpftrace_program(self.kind)))
         self.log_path = os.path.join(self.workdir, "bpftrace-%s.log" % self.kind)
         self.log = open(self.log_path, "w+")
         self.proc = subprocess.Popen(["bpftrace", script], stdout=subprocess.PIPE, stderr=self.log)
@@ -366,19 +373,14 @@ class Bpftrace:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
-                self.proc.communicate(timeout=timeout)
+                out, _ = self.proc.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.communicate()
+                out, _ = self.proc.communicate()
+            self.output = (out or b"").decode(errors="replace")
         if getattr(self, "log", None):
             self.log.close()
             self.log = None
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
 # ---- is the machine quiet? -------------------------------------------------------------------------------
@@ -421,23 +423,203 @@ def bpf_holders(exclude=()):
     return out
 
 
+# Processes whose mere presence makes the machine noisy even between their bursts: a virtual machine (the
+# kernel-matrix guests, `make test-kernels`) takes a whole core whenever it runs and its load comes and goes.
+NOISY_COMMS = ("qemu-system-x86", "qemu-system-aar", "qemu-system-i38")  # comm is cut at 15 characters
+
+
+def noisy_processes():
+    """[{pid, comm}] of running processes in NOISY_COMMS."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open("/proc/%s/comm" % pid) as f:
+                comm = f.read().strip()
+        except OSError:
+            continue
+        if comm.startswith(NOISY_COMMS):
+            out.append({"pid": int(pid), "comm": comm})
+    return out
+
+
+def quiet_now(busy_limit=0.3, sample=2.0):
+    """One look: (quiet, busy CPUs over `sample` s, other BPF holders, noisy processes)."""
+    h = HostCpu().start()
+    time.sleep(sample)
+    busy = h.stop()
+    holders = bpf_holders()
+    noisy = noisy_processes()
+    return not holders and not noisy and busy < busy_limit, busy, holders, noisy
+
+
+# Seconds this process may still spend waiting for quiet, over all checks (None: no limit): bench/run.py
+# --quiet-budget, so that a machine that never quiets down cannot stretch a run past a deadline.
+QUIET_BUDGET = {"left": None}
+
+
 def quiet_check(wait=0.0, busy_limit=0.3, sample=2.0):
-    """Wait up to `wait` seconds for a quiet machine (no other BPF tracer, host busy < busy_limit CPUs over `sample` s);
-    returns what was found at the end, and whether it was quiet. Never fails: the result is recorded."""
+    """Wait up to `wait` seconds (and no more than what is left of QUIET_BUDGET) for a quiet machine (no other
+    BPF tracer, no virtual machine running, host busy < busy_limit CPUs over `sample` s); returns what was found
+    at the end, and whether it was quiet. Never fails: the result is recorded."""
+    if QUIET_BUDGET["left"] is not None:
+        wait = max(0.0, min(wait, QUIET_BUDGET["left"]))
     deadline = time.monotonic() + wait
-    waited = 0.0
     t0 = time.monotonic()
     while True:
-        h = HostCpu().start()
-        time.sleep(sample)
-        busy = h.stop()
-        holders = bpf_holders()
-        quiet = not holders and busy < busy_limit
+        quiet, busy, holders, noisy = quiet_now(busy_limit, sample)
         if quiet or time.monotonic() >= deadline:
             break
-        waited = time.monotonic() - t0
-        log("machine not quiet (busy %.2f CPUs, %d other BPF holders: %s); waiting (%.0f s left)"
-            % (busy, len(holders), ", ".join(sorted({h["comm"] for h in holders})), deadline - time.monotonic()))
+        log("machine not quiet (busy %.2f CPUs, %d other BPF holders: %s; running: %s); waiting (%.0f s left)"
+            % (busy, len(holders), ", ".join(sorted({h["comm"] for h in holders})) or "none",
+               ", ".join(sorted({p["comm"] for p in noisy})) or "nothing noisy", deadline - time.monotonic()))
         time.sleep(3.0)
-    return {"quiet": quiet, "host_busy_cpus": busy, "other_bpf_holders": holders, "waited_s": round(waited, 1),
-            "loadavg": open("/proc/loadavg").read().split()[:3]}
+    waited = max(0.0, time.monotonic() - t0 - sample)  # all but the one look every check takes
+    if QUIET_BUDGET["left"] is not None:
+        QUIET_BUDGET["left"] = max(0.0, QUIET_BUDGET["left"] - waited)
+    return {"quiet": quiet, "host_busy_cpus": busy, "other_bpf_holders": holders, "noisy_processes": noisy,
+            "waited_s": round(waited, 1), "loadavg": open("/proc/loadavg").read().split()[:3]}
+
+
+def before_round(wait):
+    """Between rounds of a side-by-side benchmark: wait up to `wait` s for a quiet machine (None: do not look).
+    Returns the round's record: whether it started quiet, and what ran if not."""
+    if wait is None:
+        return None
+    q = quiet_check(wait=wait, sample=1.0)
+    return {"quiet": q["quiet"], "host_busy_cpus": q["host_busy_cpus"], "waited_s": q["waited_s"],
+            "noisy": sorted({p["comm"] for p in q["noisy_processes"]}),
+            "other_bpf_holders": sorted({h["comm"] for h in q["other_bpf_holders"]})}
+
+
+# ---- spread ----------------------------------------------------------------------------------------------
+
+def median_interval(values, confidence=0.95):
+    """A distribution-free interval for the median of `values` (order statistics, binomial): the k-th smallest
+    and k-th largest with P(Binomial(n, 1/2) < k) <= (1 - confidence) / 2. Below 6 values no such k exists and
+    the interval is the whole range. Returns (low, high, the confidence it really has)."""
+    xs = sorted(values)
+    n = len(xs)
+    if not n:
+        return None, None, 0.0
+    from math import comb
+    tail = (1 - confidence) / 2
+    k, below = 0, 0.0  # below: P(Binomial(n, 1/2) < k + 1)
+    while k + 1 <= n // 2:
+        p = below + comb(n, k) / 2 ** n
+        if p > tail:
+            break
+        below, k = p, k + 1
+    if k == 0:
+        return xs[0], xs[-1], 1 - 2 / 2 ** n if n > 1 else 0.0
+    return xs[k - 1], xs[n - k], round(1 - 2 * below, 4)
+
+
+def spread(values):
+    """Median, the interval of median_interval(), and the interquartile range of per-round values."""
+    if not values:
+        return {"median": None, "low": None, "high": None, "confidence": 0.0, "iqr": None, "n": 0}
+    low, high, conf = median_interval(values)
+    qs = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else [values[0]] * 3
+    return {"median": median(values), "low": low, "high": high, "confidence": conf,
+            "iqr": qs[2] - qs[0], "n": len(values)}
+
+
+# ---- the floor: empty programs on errnomon's hooks -------------------------------------------------------
+
+def monitor_module(name):
+    """A module of the daemon (monitor.<name>) from this checkout."""
+    import importlib
+    import sys
+    if REPO not in sys.path:
+        sys.path.insert(0, REPO)
+    return importlib.import_module("monitor." + name)
+
+
+def errnomon_raw_hooks():
+    """The raw tracepoints errnomon attaches by default on this kernel (its syscall tracepoints are opt-in)."""
+    loader = monitor_module("loader")
+    tracefs = loader.find_tracefs()
+    return sorted(p for p in loader.RAW_TRACEPOINTS if loader.tracepoint_format(tracefs, p) is not None)
+
+
+class EmptyPrograms(StartStop):
+    """The floor: a raw tracepoint program that returns at once on each of errnomon's hooks, loaded by bcc in
+    this process. Whatever a program on those tracepoints does, the kernel's dispatch to it costs this much."""
+
+    def __init__(self, hooks=None):
+        self.hooks = hooks
+        self.bpf = None
+
+    def start(self):
+        import bcc
+        self.hooks = self.hooks or errnomon_raw_hooks()
+        text = "".join("RAW_TRACEPOINT_PROBE(%s) { return 0; }\n" % h.split(":")[1] for h in self.hooks)
+        self.bpf = bcc.BPF(text=text.encode(), cflags=["-w"])
+        return self
+
+    def stop(self):
+        if self.bpf is not None:
+            self.bpf.cleanup()
+            self.bpf = None
+
+
+def errnomon_bpf(probes=None, source=None, extra_cflags=(), with_syscalls=False):
+    """errnomon's programs compiled and attached by bcc in this process with the flags the loader gives them on
+    this kernel (BTF offsets, the tracepoints it has), settings written as the daemon writes them; no daemon.
+    probes: a subset (None: all but the opt-in syscall tracepoints, unless with_syscalls); source: another copy
+    of bpf/errnomon.bpf.c (bench-only variants); extra_cflags: e.g. -D flags for such a copy."""
+    import ctypes
+    import bcc
+    loader, btf, abi = (monitor_module(m) for m in ("loader", "btf", "abi"))
+    tracefs = loader.find_tracefs()
+    formats = {p: loader.tracepoint_format(tracefs, p) for p in loader.PROBES}
+    kernel_btf = btf.BTF.load()
+    layout, _ = loader.layout_flags(kernel_btf)
+    available = loader.available_probes(bcc, () if with_syscalls else loader.SYSCALL_PROBES, kernel_btf, layout)
+    if probes is not None:
+        available &= set(probes)
+    flags = loader.compile_flags(available, formats, 16384, 65536, layout, loader.send_reset_arity(kernel_btf))
+    b = bcc.BPF(src_file=(source or loader.SOURCE).encode(), cflags=flags + list(extra_cflags))
+    low, high = loader.ephemeral_ports()
+    b["settings"][ctypes.c_int(0)] = abi.Settings(gen=0, count_flags=0, ephemeral_low=low, ephemeral_high=high)
+    return b
+
+
+# ---- the kernel's run-time statistics of BPF programs ----------------------------------------------------
+
+class BpfStats(StartStop):
+    """bpf(BPF_ENABLE_STATS, BPF_STATS_RUN_TIME): the kernel counts run_time_ns and run_cnt of every program
+    while the returned descriptor is open. Closing it (stop(), or this process dying) turns the counting off
+    again, so kernel.bpf_stats_enabled never has to be written or restored. The counting itself costs two
+    clock reads per program run: never time rates while it is on."""
+
+    BPF_ENABLE_STATS = 32
+    BPF_STATS_RUN_TIME = 0
+
+    def __init__(self):
+        self.fd = None
+
+    def start(self):
+        import ctypes
+        import errno as errno_mod
+        bpfmap = monitor_module("bpfmap")
+        attr = (ctypes.c_uint32 * 2)(self.BPF_STATS_RUN_TIME, 0)
+        fd = bpfmap._libc.syscall(bpfmap._NR_BPF, self.BPF_ENABLE_STATS, ctypes.byref(attr), ctypes.sizeof(attr))
+        if fd < 0:
+            e = ctypes.get_errno()
+            raise OSError(e, "BPF_ENABLE_STATS: %s" % os.strerror(e or errno_mod.EINVAL))
+        self.fd = fd
+        return self
+
+    @staticmethod
+    def read(prog_fd):
+        """(run_time_ns, run_cnt) of a program so far."""
+        info, _ = monitor_module("bpfmap").prog_info(prog_fd)
+        return info.run_time_ns, info.run_cnt
+
+    def stop(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

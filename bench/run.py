@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""errnomon benchmarks: hot path, error storm, scrape, footprint. Needs root, gcc, bpftrace (`make bench`).
+"""errnomon benchmarks: hot path, error storm, scrape, footprint, real servers. Needs root, gcc, bpftrace, nginx,
+redis, wrk (`make bench` installs them).
 
     .venv/bin/python bench/run.py                      # everything; rewrites docs/BENCHMARKS.md and docs/img/
     .venv/bin/python bench/run.py --quick --out DIR    # the smoke subset: tiny durations, one round, no docs
@@ -23,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 from common import REPO, log, machine_info, quiet_check, write_json  # noqa: E402
 
-BENCHMARKS = ("hotpath", "storm", "scrape", "footprint")
+BENCHMARKS = ("hotpath", "servers", "storm", "scrape", "footprint")
 
 
 def parse_args(argv):
@@ -35,8 +36,18 @@ def parse_args(argv):
     p.add_argument("--seconds", type=float, help="seconds per ping-pong run (default 2; --quick 0.3)")
     p.add_argument("--storm-seconds", type=float, help="seconds of the EPIPE storm (default 10; --quick 1)")
     p.add_argument("--churn-seconds", type=float, help="seconds of churn for the footprint (default 600; --quick 5)")
+    p.add_argument("--server-rounds", type=int, help="rounds of the real-server benchmark (default 9; --quick 1)")
+    p.add_argument("--server-seconds", type=float,
+                   help="seconds per wrk run and per redis-benchmark test (default 3; --quick 1)")
+    p.add_argument("--cost-rounds", type=int, help="rounds of the per-error cost breakdown (default 7; --quick 1)")
+    p.add_argument("--cost-seconds", type=float, help="seconds per storm of the cost breakdown (default 2; --quick 0.5)")
     p.add_argument("--quiet-wait", type=float,
                    help="seconds to wait for a quiet machine before each benchmark (default 180; --quick 0)")
+    p.add_argument("--round-quiet-wait", type=float,
+                   help="seconds to wait for a quiet machine before each round of the side-by-side benchmarks "
+                        "(default 120; --quick: do not look)")
+    p.add_argument("--quiet-budget", type=float,
+                   help="seconds this run may spend waiting for quiet in all (default: no limit)")
     p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/BENCHMARKS.md and docs/img/")
     p.add_argument("--docs-only", action="store_true", help="only regenerate the docs from the JSON in --out")
     p.add_argument("--strict", action="store_true", help="exit 1 when a budget is not met")
@@ -46,7 +57,12 @@ def parse_args(argv):
     a.seconds = a.seconds or (0.3 if q else 2.0)
     a.storm_seconds = a.storm_seconds or (1.0 if q else 10.0)
     a.churn_seconds = a.churn_seconds or (5.0 if q else 600.0)
+    a.server_rounds = a.server_rounds or (1 if q else 9)
+    a.server_seconds = a.server_seconds or (1.0 if q else 3.0)
+    a.cost_rounds = a.cost_rounds or (1 if q else 7)
+    a.cost_seconds = a.cost_seconds or (0.5 if q else 2.0)
     a.quiet_wait = (0.0 if q else 180.0) if a.quiet_wait is None else a.quiet_wait
+    a.round_quiet_wait = (None if q else 120.0) if a.round_quiet_wait is None else a.round_quiet_wait
     a.only = [b.strip() for b in a.only.split(",") if b.strip()]
     unknown = set(a.only) - set(BENCHMARKS)
     if unknown:
@@ -60,7 +76,7 @@ def preflight():
     problems = []
     if os.geteuid() != 0:
         problems.append("needs root (BPF): run 'sudo make bench'")
-    for tool in ("gcc", "bpftrace"):
+    for tool in ("gcc", "bpftrace", "nginx", "wrk", "redis-server", "redis-benchmark", "taskset"):
         if not shutil.which(tool):
             problems.append("%s is not installed: 'make bench' installs it" % tool)
     if not os.access(common.ERRNOMON, os.X_OK):
@@ -71,11 +87,17 @@ def preflight():
 def run_one(name, a, build):
     if name == "hotpath":
         import hotpath
-        return hotpath.run(a.out, build, rounds=a.rounds, seconds=a.seconds, with_breakdown=not a.quick)
+        return hotpath.run(a.out, build, rounds=a.rounds, seconds=a.seconds, with_breakdown=not a.quick,
+                           round_quiet_wait=a.round_quiet_wait)
+    if name == "servers":
+        import servers
+        return servers.run(a.out, rounds=a.server_rounds, seconds=a.server_seconds, quick=a.quick,
+                           round_quiet_wait=a.round_quiet_wait)
     if name == "storm":
         import storm
-        return storm.run(a.out, build, seconds=a.storm_seconds,
-                         refused_seconds=max(0.5, a.storm_seconds / 2))
+        return storm.run(a.out, build, seconds=a.storm_seconds, refused_seconds=max(0.5, a.storm_seconds / 2),
+                         cost_rounds=a.cost_rounds, cost_seconds=a.cost_seconds,
+                         round_quiet_wait=a.round_quiet_wait)
     if name == "scrape":
         import scrape
         if a.quick:
@@ -103,6 +125,7 @@ def main(argv=None):
             print("bench: error: " + p, file=sys.stderr)
         return 2
     os.makedirs(a.out, exist_ok=True)
+    common.QUIET_BUDGET["left"] = a.quiet_budget
     build = os.path.join(a.out, "build")
     machine = machine_info()
     machine["mode"] = "quick" if a.quick else "full"
@@ -118,8 +141,10 @@ def main(argv=None):
         log("== %s ==" % name)
         quiet = quiet_check(wait=a.quiet_wait, sample=0.5 if a.quick else 2.0)
         if not quiet["quiet"]:
-            log("WARNING: machine not quiet for %s (busy %.2f CPUs, other tracers: %s): numbers are disturbed"
-                % (name, quiet["host_busy_cpus"], ", ".join(h["comm"] for h in quiet["other_bpf_holders"]) or "none"))
+            log("WARNING: machine not quiet for %s (busy %.2f CPUs, other tracers: %s, running: %s): numbers are "
+                "disturbed" % (name, quiet["host_busy_cpus"],
+                               ", ".join(h["comm"] for h in quiet["other_bpf_holders"]) or "none",
+                               ", ".join(p["comm"] for p in quiet["noisy_processes"]) or "nothing noisy"))
         t0 = time.monotonic()
         try:
             result = run_one(name, a, build)

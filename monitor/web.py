@@ -4,10 +4,11 @@ The server must survive idle, slow and many clients. waitress does that with wha
 event loop owns every connection (an idle or slow client costs a file descriptor, never a thread), a
 fixed pool of worker threads runs only complete requests, connections that make no progress for
 IDLE_TIMEOUT are closed, at most max_connections are open at once (the rest wait in the listen queue),
-and the listen backlog is BACKLOG. prometheus-client still builds every response (text or OpenMetrics,
-gzip when asked).
+and the listen backlog is BACKLOG. prometheus-client still builds every response (text or OpenMetrics);
+errnomon gzips it, when asked, at GZIP_LEVEL.
 """
 
+import gzip
 import logging
 import resource
 import socket
@@ -27,6 +28,10 @@ IDLE_TIMEOUT = 10       # seconds a connection may sit without a byte in either 
 THREADS = 4             # workers building responses; requests queue for them, connections do not
 MAX_CONNECTIONS = 4096  # open at once, at most; fewer when the file descriptor limit is lower
 RESERVED_FDS = 256      # kept for the BPF maps and links, logs, the config file
+# prometheus-client gzips at level 9, which took a third of a gzipped 10,000-series scrape for a body only a
+# quarter smaller than level 1's (docs/BENCHMARKS.md, Scrape): a scrape's CPU is the monitored host's, its bytes
+# are few either way.
+GZIP_LEVEL = 1
 
 LANDING = """<!doctype html>
 <html><head><title>errnomon</title></head>
@@ -93,6 +98,29 @@ def _known_names(registry):
     return names
 
 
+def _gzip_accepted(header):
+    return any(e.split(";")[0].strip().lower() == "gzip" for e in (header or "").split(","))
+
+
+def _gzipped(app, level=GZIP_LEVEL):
+    """`app` answering gzipped at `level` when the client accepts gzip (the app itself is not asked to)."""
+    def wrapped(environ, start_response):
+        if not _gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING")):
+            return app(environ, start_response)
+        environ = dict(environ)
+        del environ["HTTP_ACCEPT_ENCODING"]
+        answer = []
+        body = b"".join(app(environ, lambda status, headers, exc_info=None: answer.append((status, headers))))
+        status, headers = answer[-1]
+        if status.startswith("200 ") and body:
+            body = gzip.compress(body, compresslevel=level)
+            headers = [(k, v) for k, v in headers if k.lower() not in ("content-length", "content-encoding")]
+            headers += [("Content-Encoding", "gzip"), ("Content-Length", str(len(body)))]
+        start_response(status, headers)
+        return [body]
+    return wrapped
+
+
 def _app(registry, path):
     """The telemetry path, '/' and 404 for the rest.
 
@@ -100,7 +128,7 @@ def _app(registry, path):
     does not export is answered 400, not with an empty body: an empty 200 would look to Prometheus like
     every series had gone, a 400 shows as a failed scrape (up == 0) that says why.
     """
-    metrics_app = make_wsgi_app(registry)
+    metrics_app = _gzipped(make_wsgi_app(registry))
     landing = LANDING.format(path=path).encode()
 
     def app(environ, start_response):

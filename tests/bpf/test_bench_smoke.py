@@ -2,8 +2,8 @@
 
 Tiny durations and one round: no timing is asserted (the machine may be busy). The one exact assertion is the
 error storm's: errnomon's counts for the generators' comms equal the generators' own counts. The docs are not
-regenerated (--quick). Needs root, gcc and bpftrace (`make test` installs bpftrace; gcc comes with the kernel
-headers `make setup` installs); fails, rather than skips, without them.
+regenerated (--quick). Needs root; bench/setup.sh (what `make bench` runs first) installs what the benchmarks need
+beyond `make test`'s packages (wrk, matplotlib) and the test fails, rather than skips, if it cannot.
 """
 
 import json
@@ -18,12 +18,15 @@ DOC = os.path.join(REPO, "docs", "BENCHMARKS.md")
 
 def test_bench_quick(tmp_path):
     assert os.geteuid() == 0, "the benchmark smoke run needs root: run 'sudo make test'"
-    for tool in ("gcc", "bpftrace"):
+    setup = subprocess.run(["bash", os.path.join(REPO, "bench", "setup.sh")], capture_output=True, text=True,
+                           timeout=900, stdin=subprocess.DEVNULL)
+    assert setup.returncode == 0, "bench/setup.sh failed:\n%s%s" % (setup.stdout, setup.stderr)
+    for tool in ("gcc", "bpftrace", "nginx", "wrk", "redis-server", "redis-benchmark"):
         assert shutil.which(tool), "%s is missing: 'make bench' (bench/setup.sh) installs it" % tool
     doc_mtime = os.path.getmtime(DOC) if os.path.exists(DOC) else None
     out = tmp_path / "bench"
     r = subprocess.run([sys.executable, os.path.join(REPO, "bench", "run.py"), "--quick", "--out", str(out)],
-                       cwd=REPO, capture_output=True, text=True, timeout=240)
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, "bench/run.py --quick failed (%d):\n%s\n%s" % (r.returncode, r.stdout[-4000:],
                                                                            r.stderr[-4000:])
 
@@ -36,14 +39,28 @@ def test_bench_quick(tmp_path):
         assert key in machine, key
     summary = load("summary")
     assert summary["failed"] == []
-    assert set(summary["benchmarks"]) == {"hotpath", "storm", "scrape", "footprint"}
+    assert set(summary["benchmarks"]) == {"hotpath", "servers", "storm", "scrape", "footprint"}
 
     hot = load("hotpath")
     for size in ("64", "16384"):
-        for config in ("bare", "errnomon", "bpftrace-tp", "bpftrace-syscalls"):
+        for config in ("bare", "empty-raw", "errnomon", "bpftrace-tp", "bpftrace-syscalls"):
             res = hot["results"][size][config]
             assert res["rates"] and all(x > 0 for x in res["rates"]), (size, config)
             assert "median_ratio" in res and "ns_per_call" in res
+        assert len(hot["results"][size]["errnomon"]["ns_per_call_over_floor"]) == 1
+    assert {"errnomon_within_noise_of_floor_64B", "errnomon_within_noise_of_floor_16KiB"} <= set(hot["checks"])
+
+    servers = load("servers")
+    assert servers["workloads"] == ["nginx", "redis-set-P1", "redis-get-P1", "redis-set-P16", "redis-get-P16"]
+    for w in servers["workloads"]:
+        for config in ("bare", "empty-raw", "errnomon", "bpftrace-tp"):
+            rates = servers["results"][w][config]["rates"]
+            assert len(rates) == 1 and rates[0] > 0, (w, config)
+        assert "errnomon_within_noise_of_floor_%s" % w in servers["checks"]
+    for name, server in (("nginx", "nginx"), ("redis-P1", "redis-server"), ("redis-P16", "redis-server")):
+        c = servers["calls"][name]
+        assert c["requests"] > 0 and c["server"]["comm"] == server
+        assert c["server"]["socket_calls_per_request"] > 0, c  # every request is read and answered on a socket
 
     storm = load("storm")
     for mode in ("epipe", "refused"):
@@ -57,6 +74,12 @@ def test_bench_quick(tmp_path):
         for key in ("daemon_cpu_storm_fraction", "rate_kept_under_errnomon", "dropped"):
             assert key in m, key
     assert storm["highest_rate_per_s"] > 0
+    cost = storm["per_error_cost"]
+    for config in cost["configs"]:
+        assert cost["results"][config]["rates"][0] > 0, config
+        if config != "bare":
+            assert cost["results"][config]["program_ns_per_run"][0] > 0, config  # the kernel counted its runs
+    assert set(cost["steps"]) == {"owner lookup", "comm and cgroup", "sendfile check", "map update", "SIGPIPE lookup"}
 
     scrape = load("scrape")
     for n in ("1000", "10000"):

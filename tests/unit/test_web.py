@@ -250,3 +250,33 @@ def test_gzip_and_openmetrics_still_negotiated(registry):
             assert r.headers["Content-Type"].startswith("application/openmetrics-text")
             body = gzip.decompress(r.read()).decode()
     assert body.endswith("# EOF\n") and 'errnomon_test_total{kind="unit"} 2.0' in body
+
+
+def test_gzip_at_errnomon_level_same_body_as_plain(registry):
+    import gzip
+    port = free_port()
+    url = "http://127.0.0.1:%d/metrics" % port
+    with serving("127.0.0.1:%d" % port, "/metrics", registry):
+        with urllib.request.urlopen(url, timeout=10) as r:
+            assert r.headers["Content-Encoding"] is None
+            plain = r.read()
+        req = urllib.request.Request(url, headers={"Accept-Encoding": "deflate, gzip;q=0.8"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.headers["Content-Encoding"] == "gzip"
+            packed = r.read()
+            assert int(r.headers["Content-Length"]) == len(packed)
+    assert web.GZIP_LEVEL == 1
+    assert packed[8] == 4  # the gzip header's XFL: 4 = compressed with the fastest algorithm (level 1)
+    assert gzip.decompress(packed) == plain
+    assert b'errnomon_test_total{kind="unit"} 2.0' in plain
+
+
+def test_gzip_leaves_errors_alone(registry):
+    port = free_port()
+    req = urllib.request.Request("http://127.0.0.1:%d/metrics?name[]=nope" % port, headers={"Accept-Encoding": "gzip"})
+    with serving("127.0.0.1:%d" % port, "/metrics", registry):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        with e.value:
+            assert e.value.code == 400 and e.value.headers["Content-Encoding"] is None
+            assert e.value.read().startswith(b"unknown metric name in name[]: 'nope'")
