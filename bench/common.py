@@ -577,10 +577,13 @@ def errnomon_bpf(probes=None, source=None, extra_cflags=(), with_syscalls=False)
     formats = {p: loader.tracepoint_format(tracefs, p) for p in loader.PROBES}
     kernel_btf = btf.BTF.load()
     layout, _ = loader.layout_flags(kernel_btf)
-    available = loader.available_probes(bcc, () if with_syscalls else loader.SYSCALL_PROBES, kernel_btf, layout)
+    kernel = loader.facts(tracefs, formats, kernel_btf, layout)
+    chosen, _ = loader.choose_hooks(kernel, syscalls=with_syscalls)  # the hook ladder, as the daemon chooses
+    available = loader.chosen_tracepoints(chosen)
     if probes is not None:
         available &= set(probes)
-    flags = loader.compile_flags(available, formats, 16384, 65536, layout, loader.send_reset_arity(kernel_btf))
+    flags = loader.compile_flags(available, formats, 16384, 65536, layout, loader.send_reset_arity(kernel_btf),
+                                 loader.hook_flags(chosen, kernel))
     b = bcc.BPF(src_file=(source or loader.SOURCE).encode(), cflags=flags + list(extra_cflags))
     low, high = loader.ephemeral_ports()
     b["settings"][ctypes.c_int(0)] = abi.Settings(gen=0, count_flags=0, ephemeral_low=low, ephemeral_high=high)
