@@ -7,6 +7,7 @@ The prose lives here; every number comes from the JSON. Run by bench/run.py afte
 import json
 import os
 
+import ladder_report
 from common import REPO
 
 DOC = os.path.join(REPO, "docs", "BENCHMARKS.md")
@@ -597,6 +598,7 @@ def write(out_dir):
     doc += storm_section(storm, images.get("storm"))
     doc += scrape_section(scrape, images.get("scrape"))
     doc += foot_section(foot, images.get("footprint"))
+    doc += ladder_report.section(ladder_report.load())  # make bench-kernels: the hook ladder in the guests
     doc += ["## Budgets not met: where the cost goes, and proposed fixes", ""]
     doc += analysis(hot, storm, scrape, foot)
     doc += ["## Files", "",
