@@ -11,6 +11,9 @@ kernel matrix (tests/kernels/) runs the ping-pong of bench/hotpath.py (one threa
     empty-raw        empty raw tracepoint programs on sock_send_length/sock_recv_length (6.3+ only)
     empty-fexit      empty fexit programs on the rung's functions
     empty-kretprobe  empty entry kprobes + kretprobes on them (maxactive as errnomon's)
+    stash-lru        those kprobes doing only what errnomon's kretprobe rung does on the success path: keep the
+                     socket by thread in an LRU hash at entry, look it up and delete it at return
+    stash-inplace    the same kept more cheaply: written in place at entry, looked up (not deleted) at return
     errnomon         the real daemon, shipped config: the cheapest rung the kernel offers
     errnomon-kprobe  the real daemon with kernel.function_hooks: [kprobe]: the kretprobe rung (only where
                      the tracepoints are missing; with them it is the same as errnomon)
@@ -49,7 +52,9 @@ from common import BENCH, DAEMON_CONFIG, REPO, Errnomon, log, median, write_json
 CALLS_PER_ITERATION = 4  # send A, recv B, send B, recv A
 SIZE = 64
 FLOOR_SOURCE = os.path.join(BENCH, "ladder_floor.bpf.c")
-FLOORS = ("empty-raw", "empty-fexit", "empty-kretprobe")
+FLOORS = ("empty-raw", "empty-fexit", "empty-kretprobe", "stash-lru", "stash-inplace")
+# kretprobe programs that do only the success-path work of errnomon's kretprobe rung, two ways (ladder_floor.bpf.c)
+STASH = {"stash-lru": "-DSTASH_LRU=1", "stash-inplace": "-DSTASH_INPLACE=1"}
 DAEMONS = ("errnomon", "errnomon-kprobe")
 SETTLE = 1.0  # seconds between attaching (or not) and the run
 OUT_JSON = os.path.join(BENCH, "out", "ladder.json")
@@ -112,15 +117,15 @@ class FloorSlot:
     def flags(self):
         if self.rung == "empty-raw":
             return ["-DRAW_TRACEPOINTS=1"]
-        kind = {"empty-fexit": "FEXIT", "empty-kretprobe": "KRETPROBE"}[self.rung]
-        return ["-D%s_%s=1" % (kind, f) for f in self.functions]
+        kind = "FEXIT" if self.rung == "empty-fexit" else "KRETPROBE"
+        return ["-D%s_%s=1" % (kind, f) for f in self.functions] + ([STASH[self.rung]] if self.rung in STASH else [])
 
     def start(self):
         import bcc
         t0 = time.monotonic()
         # raw tracepoint and fexit programs attach as bcc loads them; kprobes by name, below
         self.bpf = bcc.BPF(src_file=FLOOR_SOURCE.encode(), cflags=["-w"] + self.flags())
-        if self.rung == "empty-kretprobe":
+        if self.rung == "empty-kretprobe" or self.rung in STASH:
             for f in self.functions:
                 self.bpf.attach_kprobe(event=f.encode(), fn_name=("floor_entry__" + f).encode())
                 self.bpf.attach_kretprobe(event=f.encode(), fn_name=("floor_return__" + f).encode(),
@@ -201,7 +206,8 @@ def guest(a):
     maxactive = loader.KRETPROBE_MAXACTIVE
     log("ladder: kernel %s, rung functions %s, tracepoints %s"
         % (os.uname().release, " ".join(functions), "yes" if raw else "no"))
-    configs = ["bare"] + (["empty-raw"] if raw else []) + ["empty-fexit", "empty-kretprobe", "errnomon"]
+    configs = ["bare"] + (["empty-raw"] if raw else []) + ["empty-fexit", "empty-kretprobe", "stash-lru",
+                                                           "stash-inplace", "errnomon"]
     if not raw:
         configs.append("errnomon-kprobe")  # with the tracepoints, function_hooks does not change send/recv
 
@@ -262,11 +268,21 @@ def guest(a):
         "runs": runs,
     }
     # what each errnomon rung adds over the empty programs on its own hooks
-    floor_of = {"errnomon": "empty-raw" if raw else "empty-fexit", "errnomon-kprobe": "empty-kretprobe"}
+    floor_of = {"errnomon": "empty-raw" if raw else "empty-fexit", "errnomon-kprobe": "empty-kretprobe",
+                "stash-lru": "empty-kretprobe", "stash-inplace": "empty-kretprobe"}
     for c, floor in floor_of.items():
         if c in rates:
             result["results"][c]["floor"] = floor
             result["results"][c]["ns_per_call_over_floor"] = over_floor(rates, c, floor)
+    # what is left registered once every slot has ended: kprobe events and kprobes (none should be)
+    result["left_after"] = {}
+    for name, path in (("kprobe_events", "/sys/kernel/tracing/kprobe_events"),
+                       ("kprobes", "/sys/kernel/debug/kprobes/list")):
+        try:
+            with open(path) as f:
+                result["left_after"][name] = f.read().splitlines()
+        except OSError as e:
+            result["left_after"][name] = "unreadable: %s" % e
     for c in DAEMONS:  # the start-up log of each daemon configuration's first slot
         path = os.path.join(workdir, "%s-0.log" % c)
         if os.path.exists(path):
