@@ -56,7 +56,7 @@ FLOORS = ("empty-raw", "empty-fexit", "empty-kretprobe", "stash-lru", "stash-inp
 # kretprobe programs that do only the success-path work of errnomon's kretprobe rung, two ways (ladder_floor.bpf.c)
 STASH = {"stash-lru": "-DSTASH_LRU=1", "stash-inplace": "-DSTASH_INPLACE=1"}
 DAEMONS = ("errnomon", "errnomon-kprobe")
-SETTLE = 1.0  # seconds between attaching (or not) and the run
+SETTLE = 1.0  # seconds between attaching (or not) and the run (default of --settle)
 OUT_JSON = os.path.join(BENCH, "out", "ladder.json")
 
 
@@ -210,6 +210,8 @@ def guest(a):
                                                            "stash-inplace", "errnomon"]
     if not raw:
         configs.append("errnomon-kprobe")  # with the tracepoints, function_hooks does not change send/recv
+    if a.configs:
+        configs = ["bare"] + [c for c in configs if c in a.configs and c != "bare"]
 
     def slot(config, r):
         if config in FLOORS:
@@ -235,7 +237,7 @@ def guest(a):
                 elif s is not None:
                     starts[config].append(s.load_seconds)
                     hooks.setdefault(config, s.programs())
-                time.sleep(SETTLE)
+                time.sleep(a.settle)
                 if s is not None:
                     s.pause()
                 try:
@@ -256,6 +258,7 @@ def guest(a):
         "configs": configs,
         "rounds": a.rounds,
         "seconds_per_run": a.seconds,
+        "settle_seconds": a.settle,
         "size": SIZE,
         "calls_per_iteration": CALLS_PER_ITERATION,
         "order_per_round": order_log,
@@ -370,7 +373,8 @@ def run_kernel(name, clock, a, binary, cache):
     """One guest of the matrix running `ladder.py guest`; its ladder.json with what the host saw, or None."""
     seconds = a.seconds if a.seconds else (1.0 if clock == "icount" else 2.0)
     env = dict(os.environ, KERNEL_JOBS="1", KERNEL_BENCH="ladder",
-               KERNEL_BENCH_ARGS="--rounds %d --seconds %g" % (a.rounds, seconds),
+               KERNEL_BENCH_ARGS="--rounds %d --seconds %g --settle %g%s" % (
+                   a.rounds, seconds, a.settle, " --configs " + ",".join(a.configs) if a.configs else ""),
                KERNEL_BENCH_FILES="%s:pingpong" % binary, KERNEL_ICOUNT=CLOCKS[clock],
                KERNEL_TIMEOUT=str(a.timeout))
     log("ladder: %s, %s clock: %d rounds of %g s (guest deadline %.0f s)" % (name, clock, a.rounds, seconds, a.timeout))
@@ -409,7 +413,7 @@ def host(a):
         sys.stderr.write("bench-kernels: gcc is missing: apt-get install gcc libc6-dev\n")
         return 2
     binary = build_pingpong(os.path.join(BENCH, "out", "build"))
-    data = load_results()
+    data = load_results(a.json)
     failed = []
     for clock in a.clock:
         for name in names:
@@ -418,8 +422,8 @@ def host(a):
                 failed.append("%s (%s)" % (name, clock))
                 continue
             data.setdefault("clocks", {}).setdefault(clock, {}).setdefault("kernels", {})[name] = r
-            write_json(OUT_JSON, data)
-    if not a.no_docs:
+            write_json(a.json, data)
+    if not a.no_docs and os.path.abspath(a.json) == OUT_JSON:
         import ladder_report
         ladder_report.update_doc(data)
     if failed:
@@ -428,9 +432,9 @@ def host(a):
     return 0
 
 
-def load_results():
+def load_results(path=OUT_JSON):
     try:
-        with open(OUT_JSON) as f:
+        with open(path) as f:
             return json.load(f)
     except OSError:
         return {}
@@ -449,6 +453,12 @@ def parse_args(argv):
                    help="guest clocks to measure with, in turn: icount (qemu -icount: instructions), wall "
                         "(the host's time); default icount,wall")
     p.add_argument("--timeout", type=float, default=2400, help="seconds a guest may run (default 2400)")
+    p.add_argument("--settle", type=float, default=SETTLE,
+                   help="seconds between attaching a configuration and its run (default %g)" % SETTLE)
+    p.add_argument("--configs", type=lambda v: [c for c in v.split(",") if c], default=[],
+                   help="only these configurations (and bare), e.g. empty-fexit,errnomon")
+    p.add_argument("--json", default=OUT_JSON, help="results file (default bench/out/ladder.json); the docs "
+                                                    "section is rendered from the default one only")
     p.add_argument("--no-docs", action="store_true", help="do not rewrite the ladder section of docs/BENCHMARKS.md")
     p.add_argument("--docs-only", action="store_true", help="only rewrite the docs section from bench/out/ladder.json")
     return p.parse_args(argv)
@@ -460,6 +470,8 @@ def parse_guest_args(argv):
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--seconds", type=float, default=2.0)
     p.add_argument("--daemon-timeout", type=float, default=300.0, help="seconds errnomon may take to start")
+    p.add_argument("--settle", type=float, default=SETTLE)
+    p.add_argument("--configs", type=lambda v: [c for c in v.split(",") if c], default=[])
     return p.parse_args(argv)
 
 

@@ -20,6 +20,10 @@ WHAT = {
     "empty-kretprobe": "empty entry kprobes + kretprobes on them",
     "errnomon": "errnomon, shipped config",
     "errnomon-kprobe": "errnomon, `kernel.function_hooks: [kprobe]`",
+    "stash-lru": "the kretprobe floor's kprobes doing what errnomon's kretprobe rung does on success: LRU "
+                 "update at entry, lookup + delete at return",
+    "stash-inplace": "the same stash written in place at entry (update only for a new thread), lookup only at "
+                     "return",
 }
 
 
@@ -132,6 +136,7 @@ def section(data):
         "guests that ran meanwhile are counted for each kernel.",
         "",
     ]
+    out += overview(kernels)
     for name, runs in kernels.items():
         any_run = next(iter(runs.values()))
         g = any_run.get("guest", {})
@@ -152,6 +157,38 @@ def section(data):
     out += conclusions(kernels)
     out += [END]
     return out
+
+
+def overview(kernels, clock="icount"):
+    """One row per kernel: what each floor and each errnomon rung adds per call (medians), on one clock."""
+    def cell(res, config, key="ns_per_call_over_bare"):
+        x = res.get(config, {}).get(key)
+        return "%.0f" % x["median"] if x else "-"
+    rows = []
+    for name, runs in kernels.items():
+        r = runs.get(clock)
+        if r is None:
+            continue
+        res = r["results"]
+        rung = ", ".join(sorted({p.split(":")[0] if ":" in p and not p.startswith("sock:") else "tracepoint"
+                                 for v in r.get("hooks", {}).get("errnomon", {}).values() for p in v})) or "?"
+        rows.append([name, r["kernel"].split("-")[0], rung, cell(res, "empty-raw"), cell(res, "empty-fexit"),
+                     cell(res, "empty-kretprobe"), cell(res, "errnomon"),
+                     cell(res, "errnomon", "ns_per_call_over_floor"), cell(res, "errnomon-kprobe"),
+                     cell(res, "errnomon-kprobe", "ns_per_call_over_floor"),
+                     cell(res, "stash-lru", "ns_per_call_over_floor"),
+                     cell(res, "stash-inplace", "ns_per_call_over_floor")])
+    if not rows:
+        return []
+    header = ["kernel", "Linux", "errnomon's send/recv rung", "raw tracepoint floor", "fexit floor",
+              "kretprobe floor", "errnomon", "errnomon over its floor", "errnomon-kprobe",
+              "errnomon-kprobe over its floor", "stash-lru over the kretprobe floor",
+              "stash-inplace over the kretprobe floor"]
+    out = ["Per socket call, %s clock (%s), median over rounds; \"-\": not run on that kernel:" % (
+        clock, CLOCK_UNIT[clock]), "",
+        "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(row) + " |" for row in rows]
+    return out + [""]
 
 
 def conclusions(kernels):
