@@ -191,15 +191,40 @@ def overview(kernels, clock="icount"):
     return out + [""]
 
 
-def conclusions(kernels):
-    """Each kernel's configurations, cheapest first, by median ratio of each clock."""
+def med(res, config, key):
+    x = res.get(config, {}).get(key)
+    return None if x is None else x["median"]
+
+
+def conclusions(kernels, clock="icount"):
+    """What the medians say, kernel by kernel, in words; then every configuration ranked on each clock."""
+    out = ["What the %s medians say (%s per socket call):" % (clock, CLOCK_UNIT[clock]), ""]
+    for name, runs in kernels.items():
+        r = runs.get(clock)
+        if r is None:
+            continue
+        res = r["results"]
+        parts = []
+        floors = [(med(res, c, "ns_per_call_over_bare"), c) for c in ("empty-raw", "empty-fexit", "empty-kretprobe")
+                  if c in res]
+        parts.append("floors " + ", ".join("`%s` %.0f" % (c, x) for x, c in floors))
+        for c in ("errnomon", "errnomon-kprobe"):
+            if c in res:
+                parts.append("`%s` %.0f over bare, %.0f over `%s`" % (
+                    c, med(res, c, "ns_per_call_over_bare"), med(res, c, "ns_per_call_over_floor"), res[c]["floor"]))
+        stash = [(c, med(res, c, "ns_per_call_over_floor")) for c in ("stash-lru", "stash-inplace") if c in res]
+        if stash:
+            parts.append("the kretprobe rung's stash alone: " + ", ".join("`%s` %.0f" % kv for kv in stash) +
+                         " over the kretprobe floor")
+        out.append("- %s (%s): %s." % (name, r["kernel"], "; ".join(parts)))
+    out.append("")
     lines = []
     for name, runs in kernels.items():
-        for clock, r in sorted(runs.items()):
+        for c, r in sorted(runs.items()):
             res = r["results"]
-            ranked = sorted(((res[c]["ratio"]["median"], c) for c in res if c != "bare"), reverse=True)
-            lines.append("- %s, %s: %s." % (name, clock, ", ".join("`%s` %.3f" % (c, x) for x, c in ranked)))
-    return ["Median ratio to bare, cheapest first:", ""] + lines + [""]
+            ranked = sorted(((res[x]["ratio"]["median"], x) for x in res if x != "bare"), reverse=True)
+            lines.append("- %s, %s: %s." % (name, c, ", ".join("`%s` %.3f" % (x, ratio) for ratio, x in ranked)))
+    return out + ["Median ratio to bare, cheapest first:", ""] + lines + [""]
 
 
 def update_doc(data, doc=DOC):
