@@ -68,3 +68,11 @@ def test_doc_section_is_replaced_between_its_markers(tmp_path):
     assert text.count(ladder_report.BEGIN) == 1 and text.count(ladder_report.END) == 1
     assert text.index("## 1. Hot path") < text.index(ladder_report.BEGIN) < text.index("## Files")
     assert "Not run: `sudo make bench-kernels`" in text
+
+
+def test_kprobe_events_left_at_the_end_are_counted_per_process_that_made_them():
+    events = ["r4096:kprobes/r_%s_bcc_%d %s" % (f, pid, f) for pid in (202, 226) for f in ("inet_sendmsg", "inet_recvmsg")]
+    assert ladder_report.leftovers_text({"left_after": {"kprobe_events": events}}).startswith(
+        "4 kretprobe events were still registered at the end, 2 per process that made them (2 processes)")
+    assert ladder_report.leftovers_text({"left_after": {"kprobe_events": []}}) == ""
+    assert ladder_report.leftovers_text({}) == ""
