@@ -598,9 +598,10 @@ def write(out_dir):
     doc += storm_section(storm, images.get("storm"))
     doc += scrape_section(scrape, images.get("scrape"))
     doc += foot_section(foot, images.get("footprint"))
-    doc += ladder_report.section(ladder_report.load())  # make bench-kernels: the hook ladder in the guests
     doc += ["## Budgets not met: where the cost goes, and proposed fixes", ""]
     doc += analysis(hot, storm, scrape, foot)
+    doc += ladder_report.section(ladder_report.load())  # make bench-kernels: the hook ladder in the guests
+    doc += [""]
     doc += ["## Files", "",
             "- `bench/run.py`: entry point (`--quick` smoke subset, `--out`, `--churn-seconds`, `--only`, "
             "`--docs-only`, `--strict`); `bench/common.py`: daemon, bpftrace, /proc helpers, quiet check",
