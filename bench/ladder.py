@@ -448,7 +448,8 @@ def parse_args(argv):
                                        "  /usr/bin/python3 bench/ladder.py --docs-only")
     p.add_argument("kernels", nargs="*", help="names from tests/kernels/kernels.txt (default: all)")
     p.add_argument("--rounds", type=int, default=7, help="rounds per kernel (default 7)")
-    p.add_argument("--seconds", type=float, help="seconds per ping-pong run (default 1 with the icount clock, 2 with wall)")
+    p.add_argument("--seconds", type=float,
+                   help="seconds per ping-pong run (default 1 with the icount clock, 2 with wall)")
     p.add_argument("--clock", default="icount,wall", type=lambda v: [c for c in v.split(",") if c],
                    help="guest clocks to measure with, in turn: icount (qemu -icount: instructions), wall "
                         "(the host's time); default icount,wall")

@@ -113,7 +113,23 @@ def by_kernel(data):
     return {k: out[k] for k in [k for k in ORDER if k in out] + sorted(k for k in out if k not in ORDER)}
 
 
-def section(data):
+def checks(paths):
+    """Smaller runs beside the main one (bench/ladder.py --json bench/out/ladder-NAME.json, with --configs or
+    --settle): one table each, so what they were run to check can be read beside the main tables."""
+    out = []
+    for path in paths:
+        data = load(path)
+        for name, runs in by_kernel(data).items():
+            for clock, r in sorted(runs.items()):
+                out += ["Check `%s`, %s, %s clock: %d rounds of %g s, settle %g s, configurations %s; %s" % (
+                    os.path.basename(path), name, clock, r["rounds"], r["seconds_per_run"],
+                    r.get("settle_seconds", 1.0), ", ".join("`%s`" % c for c in r["configs"]),
+                    leftovers_text(r) or "no kprobe events left registered at the end.")]
+                out += [""] + kernel_table({clock: r}) + [""]
+    return out
+
+
+def section(data, check_paths=()):
     out = [BEGIN, "", "## Hook ladder: send/recv cost of each rung, inside the kernel-matrix guests", ""]
     kernels = by_kernel(data)
     if not kernels:
@@ -170,6 +186,7 @@ def section(data):
                     "`errnomon-kprobe` would be `errnomon` again and is not run. The fexit and kretprobe floors "
                     "show what those rungs would cost on this kernel at the least.", ""]
     out += conclusions(kernels)
+    out += checks(check_paths)
     out += [END]
     return out
 
@@ -252,10 +269,17 @@ def conclusions(kernels, clock="icount"):
     return out + ["Median ratio to bare, cheapest first:", ""] + lines + [""]
 
 
-def update_doc(data, doc=DOC):
+def check_files():
+    """bench/out/ladder-*.json: the checks run beside the main results."""
+    d = os.path.dirname(JSON)
+    return sorted(os.path.join(d, f) for f in os.listdir(d) if f.startswith("ladder-") and f.endswith(".json")) \
+        if os.path.isdir(d) else []
+
+
+def update_doc(data, doc=DOC, check_paths=None):
     """Replace the section between the markers in docs/BENCHMARKS.md (or put it before "## Files")."""
     text = open(doc).read() if os.path.exists(doc) else "# errnomon benchmarks\n"
-    new = "\n".join(section(data))
+    new = "\n".join(section(data, check_files() if check_paths is None else check_paths))
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
         text = head + new + rest.split(END, 1)[1]

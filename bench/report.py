@@ -600,7 +600,8 @@ def write(out_dir):
     doc += foot_section(foot, images.get("footprint"))
     doc += ["## Budgets not met: where the cost goes, and proposed fixes", ""]
     doc += analysis(hot, storm, scrape, foot)
-    doc += ladder_report.section(ladder_report.load())  # make bench-kernels: the hook ladder in the guests
+    # make bench-kernels: the hook ladder in the kernel-matrix guests
+    doc += ladder_report.section(ladder_report.load(), ladder_report.check_files())
     doc += [""]
     doc += ["## Files", "",
             "- `bench/run.py`: entry point (`--quick` smoke subset, `--out`, `--churn-seconds`, `--only`, "

@@ -135,7 +135,8 @@ def qemu_command(image, out):
             # snapshot=on: writes go to a temporary overlay, the cached image is never changed
             "-drive", "file=%s,if=virtio,format=raw,snapshot=on" % os.path.join(image, "rootfs.img"),
             "-virtfs", "local,path=%s,mount_tag=src,security_model=none,readonly=on" % REPO,
-            "-virtfs", "local,path=%s,mount_tag=out,security_model=none" % out] + (["-icount", ICOUNT] if ICOUNT else [])
+            "-virtfs", "local,path=%s,mount_tag=out,security_model=none" % out] + \
+        (["-icount", ICOUNT] if ICOUNT else [])
 
 
 def boot(name, image, result):
