@@ -39,6 +39,7 @@ def interval(d, fmt):
     return ("%s [%s, %s]" % (fmt, fmt, fmt)) % (d["median"], d["low"], d["high"])
 
 
+UNSTEADY = 0.005  # on the icount clock, a ratio spread wider than this between rounds is not the programs' own
 CLOCK_UNIT = {"icount": "instructions", "wall": "ns (emulated)"}
 
 
@@ -250,6 +251,15 @@ def conclusions(kernels, clock="icount"):
                          " over the kretprobe floor")
         out.append("- %s (%s): %s." % (name, r["kernel"], "; ".join(parts)))
     out.append("")
+    unsteady = ["%s `%s` (%.3f to %.3f)" % (name, c, x["ratio"]["low"], x["ratio"]["high"])
+                for name, runs in kernels.items() if clock in runs
+                for c, x in runs[clock]["results"].items() if x["ratio"]["high"] - x["ratio"]["low"] > UNSTEADY]
+    if unsteady:
+        out += ["Instruction counts should repeat from round to round, and most do to a few in 10,000. These did "
+                "not (ratio to bare more than %.1f%% apart between rounds): %s. Their cost depended on what ran "
+                "in the guest before them, not on their own programs alone, so their medians are the least sure "
+                "figures here; the checks below (if any) run them apart." % (100 * UNSTEADY, "; ".join(unsteady)),
+                ""]
     if any(leftovers_text(r) for runs in kernels.values() for r in runs.values()):
         out += ["Kretprobe events left behind: each errnomon run with the kretprobe rung left its 5 tracefs "
                 "kretprobe events (maxactive 4096 each) registered after it stopped, and its log says why: \"could "
