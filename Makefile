@@ -40,6 +40,14 @@ test-kernels:
 	bash tests/kernels/setup.sh
 	/usr/bin/python3 tests/kernels/run.py $(KERNELS)
 
+# The send/recv cost of each rung of the hook ladder, inside the kernel-matrix guests (root, gcc; bench/ladder.py):
+# bench/out/ladder.json and its section of docs/BENCHMARKS.md. make bench-kernels KERNELS=trixie LADDER_ARGS='--rounds 9'
+LADDER_ARGS ?=
+.PHONY: bench-kernels
+bench-kernels:
+	bash tests/kernels/setup.sh
+	/usr/bin/python3 bench/ladder.py $(LADDER_ARGS) $(KERNELS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
 	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +

@@ -7,6 +7,7 @@ The prose lives here; every number comes from the JSON. Run by bench/run.py afte
 import json
 import os
 
+import ladder_report
 from common import REPO, spread
 
 DOC = os.path.join(REPO, "docs", "BENCHMARKS.md")
@@ -885,6 +886,9 @@ def write(out_dir):
     doc += foot_section(foot, images.get("footprint"))
     doc += ["## Where the cost goes, budgets not met, and proposed fixes", ""]
     doc += analysis(hot, storm, scrape, foot, servers)
+    # make bench-kernels: the hook ladder in the kernel-matrix guests
+    doc += ladder_report.section(ladder_report.load(), ladder_report.check_files())
+    doc += [""]
     doc += ["## Files", "",
             "- `bench/run.py`: entry point (`--quick` smoke subset, `--out`, `--churn-seconds`, `--only`, "
             "`--docs-only`, `--strict`, rounds and seconds of each part: `--help`); `bench/common.py`: daemon, "

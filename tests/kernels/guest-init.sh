@@ -31,7 +31,7 @@ if ! mount -t 9p -o trans=virtio,version=9p2000.L,rw out /mnt/out; then
     echo o >/proc/sysrq-trigger
 fi
 OUT=/mnt/out
-# run.env from the host: PYTEST_ARGS, ERRNOMON_TEST_TAG
+# run.env from the host: PYTEST_ARGS, ERRNOMON_TEST_TAG; BENCH and BENCH_ARGS to run a benchmark instead
 . "$OUT/run.env"
 export ERRNOMON_TEST_TAG
 
@@ -47,19 +47,26 @@ export ERRNOMON_TEST_TAG
 cd /mnt/src
 export PYTHONPATH=/mnt/src PYTHONDONTWRITEBYTECODE=1
 start=$(cut -d' ' -f1 /proc/uptime)
-log "pytest $PYTEST_ARGS"
-# shellcheck disable=SC2086  # PYTEST_ARGS is a list of words from the host
-{ python3 -m pytest -p no:cacheprovider --basetemp=/tmp/pytest --junitxml="$OUT/junit.xml" -rA -v \
-    $PYTEST_ARGS 2>&1; echo "PYTEST_EXIT=$?" >>"$OUT/guest.env"; } | tee "$OUT/pytest.log"
+if [ -n "$BENCH" ]; then
+    log "bench/$BENCH.py guest $BENCH_ARGS"
+    # shellcheck disable=SC2086  # BENCH_ARGS is a list of words from the host
+    { python3 "bench/$BENCH.py" guest --out "$OUT" $BENCH_ARGS 2>&1; echo "BENCH_EXIT=$?" >>"$OUT/guest.env"; } |
+        tee "$OUT/bench.log"
+else
+    log "pytest $PYTEST_ARGS"
+    # shellcheck disable=SC2086  # PYTEST_ARGS is a list of words from the host
+    { python3 -m pytest -p no:cacheprovider --basetemp=/tmp/pytest --junitxml="$OUT/junit.xml" -rA -v \
+        $PYTEST_ARGS 2>&1; echo "PYTEST_EXIT=$?" >>"$OUT/guest.env"; } | tee "$OUT/pytest.log"
+    # every daemon's log, named after its test directory; errnomon.log is the main test daemon's
+    for f in /tmp/pytest/*/*.log; do [ -f "$f" ] && cp "$f" "$OUT/$(basename "$(dirname "$f")")-$(basename "$f")"; done
+    [ -f /tmp/pytest/errnomon0/errnomon.log ] && cp /tmp/pytest/errnomon0/errnomon.log "$OUT/errnomon.log"
+fi
 end=$(cut -d' ' -f1 /proc/uptime)
-# every daemon's log, named after its test directory; errnomon.log is the main test daemon's
-for f in /tmp/pytest/*/*.log; do [ -f "$f" ] && cp "$f" "$OUT/$(basename "$(dirname "$f")")-$(basename "$f")"; done
-[ -f /tmp/pytest/errnomon0/errnomon.log ] && cp /tmp/pytest/errnomon0/errnomon.log "$OUT/errnomon.log"
 {
     echo "SUITE_SECONDS=$(echo "$start $end" | awk '{printf "%.1f", $2 - $1}')"
     echo "DONE=1"
 } >>"$OUT/guest.env"
-log "suite finished after ${end}s"
+log "${BENCH:-suite} finished after ${end}s"
 sync
 umount "$OUT"
 echo o >/proc/sysrq-trigger

@@ -10,6 +10,9 @@ KERNEL_JOBS (guests at once, default 2), KERNEL_TIMEOUT (seconds a guest may run
 KERNEL_PYTEST_ARGS (default: test_errors.py, test_ladder.py, test_connect_failures.py, test_seed.py and the
 os.sendfile test of tests/bpf/; test_seed.py and test_listen_queue.py of tests/unit/),
 ERRNOMON_TEST_TAG (passed to the guest).
+A benchmark instead of pytest (bench/ladder.py sets these): KERNEL_BENCH=NAME runs bench/NAME.py guest --out /mnt/out
+$KERNEL_BENCH_ARGS in the guest; KERNEL_BENCH_FILES=PATH:NAME[,...] copies files into the guest's writable share;
+KERNEL_ICOUNT=shift=N gives qemu -icount shift=N (guest time counts instructions, not the host's busy clock).
 Host needs: root, mmdebstrap, e2fsprogs, qemu-system-x86 (tests/kernels/setup.sh installs them).
 """
 
@@ -36,6 +39,11 @@ PYTEST_ARGS = os.environ.get(
     "KERNEL_PYTEST_ARGS", "tests/bpf/test_errors.py tests/bpf/test_ladder.py tests/bpf/test_connect_failures.py "
     "tests/bpf/test_real_programs.py::test_os_sendfile_to_peer_that_resets_mid_transfer tests/bpf/test_seed.py "
     "tests/unit/test_seed.py tests/unit/test_listen_queue.py")
+BENCH = os.environ.get("KERNEL_BENCH", "")
+BENCH_ARGS = os.environ.get("KERNEL_BENCH_ARGS", "")
+# qemu's -icount for a benchmark: the guest's clock counts instructions (2^shift ns each), not the host's time
+ICOUNT = os.environ.get("KERNEL_ICOUNT", "")
+BENCH_FILES = [f.rsplit(":", 1) for f in os.environ.get("KERNEL_BENCH_FILES", "").split(",") if f]
 MISSING_PACKAGES = 3  # build-image.sh's exit status when the archive lacks a package
 
 _guests = set()  # running qemu processes, killed on any exit of the runner
@@ -132,7 +140,8 @@ def qemu_command(image, out):
             # snapshot=on: writes go to a temporary overlay, the cached image is never changed
             "-drive", "file=%s,if=virtio,format=raw,snapshot=on" % os.path.join(image, "rootfs.img"),
             "-virtfs", "local,path=%s,mount_tag=src,security_model=none,readonly=on" % REPO,
-            "-virtfs", "local,path=%s,mount_tag=out,security_model=none" % out]
+            "-virtfs", "local,path=%s,mount_tag=out,security_model=none" % out] + \
+        (["-icount", ICOUNT] if ICOUNT else [])
 
 
 def boot(name, image, result):
@@ -142,6 +151,10 @@ def boot(name, image, result):
     result.run_dir = out
     with open(os.path.join(out, "run.env"), "w") as f:
         f.write("PYTEST_ARGS='%s'\nERRNOMON_TEST_TAG='%s'\n" % (PYTEST_ARGS, os.environ.get("ERRNOMON_TEST_TAG", "")))
+        if BENCH:
+            f.write("BENCH='%s'\nBENCH_ARGS='%s'\n" % (BENCH, BENCH_ARGS))
+    for path, name in BENCH_FILES:
+        shutil.copy(path, os.path.join(out, name))
     t0 = time.monotonic()
     with open(os.path.join(out, "qemu.log"), "w") as qlog:
         proc = subprocess.Popen(qemu_command(image, out), stdin=subprocess.DEVNULL, stdout=qlog, stderr=qlog)
@@ -189,6 +202,9 @@ def collect(out, result, hung, returncode):
                 result.failed.append((test_id, "%s: %s" % (bad[0].tag, reason_of(bad[0]))))
             else:
                 result.passed.append(test_id)
+    if BENCH:
+        collect_bench(out, result, hung, returncode)
+        return
     log_path = os.path.join(out, "errnomon.log")
     errnomon_log = open(log_path, errors="replace").read() if os.path.exists(log_path) else ""
     m = re.search(r"attached the hooks of (\d+) of (\d+) signals in ([\d.]+)s", errnomon_log)
@@ -206,6 +222,21 @@ def collect(out, result, hung, returncode):
         result.summary = "no test ran (pytest exit %s)" % result.guest.get("PYTEST_EXIT")
     result.ok = (not result.summary and not result.failed and result.passed
                  and result.guest.get("PYTEST_EXIT") == "0")
+
+
+def collect_bench(out, result, hung, returncode):
+    """A benchmark run passes when the guest finished it, it exited 0 and wrote <out>/<BENCH>.json."""
+    if hung:
+        result.summary = "killed at the %.0fs deadline; console: %s" % (TIMEOUT, console_tail(out))
+    elif result.guest.get("DONE") != "1":
+        result.summary = "guest stopped before the benchmark finished (qemu exit %s); console: %s" % (
+            returncode, console_tail(out))
+    elif result.guest.get("BENCH_EXIT") != "0" or not os.path.exists(os.path.join(out, BENCH + ".json")):
+        result.summary = "bench/%s.py failed (exit %s): see %s/bench.log" % (BENCH, result.guest.get("BENCH_EXIT"), out)
+    else:
+        result.summary = ""
+        result.passed.append("bench/%s.py" % BENCH)
+    result.ok = not result.summary
 
 
 def run_one(name):

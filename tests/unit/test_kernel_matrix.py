@@ -72,3 +72,28 @@ def test_no_test_collected_is_a_failure(tmp_path):
 
 def test_matrix_lists_every_kernel_once():
     assert run.kernels() == ["bullseye", "jammy", "bookworm", "trixie"]
+
+
+@pytest.mark.parametrize("guest_env, files, ok, summary", [
+    ("DONE=1\nBENCH_EXIT=0\n", ["ladder.json"], True, ""),
+    ("DONE=1\nBENCH_EXIT=1\n", [], False, "bench/ladder.py failed (exit 1): see %s/bench.log"),
+    ("DONE=1\nBENCH_EXIT=0\n", [], False, "bench/ladder.py failed (exit 0): see %s/bench.log"),
+    ("BENCH_EXIT=0\n", ["ladder.json"], False, "guest stopped before the benchmark finished (qemu exit 0); "
+                                               "console: no console output"),
+])
+def test_a_benchmark_passes_only_when_it_finished_and_wrote_its_json(tmp_path, monkeypatch, guest_env, files, ok,
+                                                                     summary):
+    monkeypatch.setattr(run, "BENCH", "ladder")
+    (tmp_path / "guest.env").write_text(guest_env)
+    for name in files:
+        (tmp_path / name).write_text("{}")
+    r = verdict(str(tmp_path))
+    assert (r.ok, r.summary) == (ok, summary.replace("%s", str(tmp_path)))
+    assert r.passed == (["bench/ladder.py"] if ok else [])
+
+
+def test_icount_reaches_qemu_only_when_asked(monkeypatch):
+    monkeypatch.setattr(run, "ICOUNT", "")
+    assert "-icount" not in run.qemu_command("/img", "/out")
+    monkeypatch.setattr(run, "ICOUNT", "shift=0")
+    assert run.qemu_command("/img", "/out")[-2:] == ["-icount", "shift=0"]
