@@ -569,9 +569,12 @@ def remove_kprobe_events(tracefs, events):
     """kretprobes with a maxactive are made through tracefs (bcc cannot make them with perf_event_open): the
     event outlives its fd until removed."""
     for event in events:
-        try:
-            with open(os.path.join(tracefs, "kprobe_events"), "a") as f:
-                f.write("-:%s\n" % event)
+        try:  # not open(..., "a"): Python seeks to the end of an append-mode file, and tracefs refuses (EINVAL)
+            fd = os.open(os.path.join(tracefs, "kprobe_events"), os.O_WRONLY | os.O_APPEND)
+            try:
+                os.write(fd, ("-:%s\n" % event).encode())
+            finally:
+                os.close(fd)
         except OSError as e:
             log.warning("could not remove kprobe event %s (%s): remove it with echo '-:%s' >> %s/kprobe_events",
                         event, e, event, tracefs)

@@ -3,6 +3,7 @@ count the same errors exactly. Where the kernel has the tracepoints (6.10+) this
 older kernels (the kernel matrix) its send/recv errors come from kretprobes, its error reports and socketless
 resets from kprobes, and the main test daemon's from fexit/fentry."""
 
+import os
 import signal
 import socket
 import time
@@ -17,14 +18,28 @@ from .test_errors import pipe_then_socket_epipe
 pytestmark = pytest.mark.bpf
 
 
+def kprobe_events():
+    """The kernel's dynamic kprobe events (tracefs kprobe_events; none where the kernel has no kprobes)."""
+    for tracefs in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+        try:
+            with open(os.path.join(tracefs, "kprobe_events")) as f:
+                return set(f.read().splitlines())
+        except OSError:
+            continue
+    return set()
+
+
 @pytest.fixture(scope="module")
 def kprobe_daemon(tmp_path_factory):
     _require_environment()
+    before = kprobe_events()
     d = Daemon(tmp_path_factory.mktemp("errnomon-kprobe"), TEST_CONFIG + "  function_hooks: [kprobe]\n",
                name="errnomon-kprobe")
     yield d
     rc = d.stop()
     assert rc == 0, "errnomon did not exit cleanly on SIGTERM (%s):\n%s" % (rc, d.output())
+    # kretprobes with a maxactive are tracefs events, which outlive their fds: errnomon removes its own
+    assert kprobe_events() - before == set(), d.output()
 
 
 def expected_hooks():
