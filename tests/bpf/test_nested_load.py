@@ -124,8 +124,9 @@ def nested_load_attempt(daemon, prefix):
     time.sleep(1.2)  # two drain intervals
     counted = sum(daemon.samples("errnomon_connect_failures_total", comm=cli, errno="ETIMEDOUT", **peer).values())
     expect(daemon, cli, "errnomon_socket_error_reports_total")
-    assert daemon.samples("errnomon_connect_failures_total", comm=cli, errno="ETIMEDOUT") == {
-        tuple(sorted(dict(peer, comm=cli, errno="ETIMEDOUT").items())): counted} if counted else True
+    # nothing counted under other labels for this comm
+    series = daemon.samples("errnomon_connect_failures_total", comm=cli)
+    assert set(series) <= {tuple(sorted(dict(peer, comm=cli, errno="ETIMEDOUT").items()))}, series
     print("nested load: %d ETIMEDOUT generated; errnomon counted %d (inet_sock_set_state skipped %d by "
           "self-recursion); a perf-event program counted %d and missed %d"
           % (generated, counted, recursed, reference, reference_misses))
