@@ -473,6 +473,22 @@ static __always_inline int is_tcp(void *sk)
 #endif
 }
 
+/* A connection attempt of this host (CLOSE -> SYN_SENT seen) that neither completed nor failed yet. */
+static __always_inline int attempt_pending(struct errnomon_owner *o)
+{
+    return o && (o->flags & (OWNER_CONNECTED | OWNER_ESTABLISHED | OWNER_CONNECT_FAILED)) == OWNER_CONNECTED;
+}
+
+/* Counts the failure of an attempt once, at the first hook that knows its error. */
+static __always_inline void connect_failed(struct errnomon_owner *o, int err)
+{
+    struct errnomon_key key = {};
+    key_from_owner(&key, o);
+    key.code = err;
+    count(&key, METRIC_CONNECT_FAILURES);
+    o->flags |= OWNER_CONNECT_FAILED;
+}
+
 /* inet_sock_set_state(sk, oldstate, newstate) */
 RAW_TRACEPOINT_PROBE(inet_sock_set_state)
 {
@@ -518,13 +534,13 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
 #ifdef OFF_SOCK_SK_ERR
     if (old == TCP_SYN_SENT && new == TCP_CLOSE) {
         /* A connection attempt that ends here failed, whatever told the program: counted once, here, with the
-         * error the kernel recorded. An ICMP error that arrived while connect() held the socket lock is only a
-         * soft error (and its error report says 0), yet it is what SO_ERROR and the next call return. */
+         * error the kernel recorded, unless counted already (a reset, below; a timer's report before 6.10).
+         * An ICMP error that arrived while connect() held the socket lock is only a soft error (and its error
+         * report says 0), yet it is what SO_ERROR and the next call return. */
         int err = 0;
         known = owner_of(sk);
-        if (!known || (known->flags & (OWNER_CONNECTED | OWNER_ESTABLISHED | OWNER_CONNECT_FAILED)) !=
-                          OWNER_CONNECTED)
-            return 0;  /* not an attempt of ours, or counted when its error was reported (below) */
+        if (!attempt_pending(known))
+            return 0;
         bpf_probe_read_kernel(&err, sizeof(err), sk + OFF_SOCK_SK_ERR);
 #ifdef OFF_SOCK_SK_ERR_SOFT
         if (err == 0)
@@ -541,12 +557,24 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
                 bpf_probe_read_kernel(&err, sizeof(err), skb + OFF_SK_BUFF_CB + OFF_SOCK_EXTERR_SKB_EE_EE_ERRNO);
         }
 #endif
-        if (err > 0) {  /* none: the program closed the socket before anything failed */
-            struct errnomon_key key = {};
-            key_from_owner(&key, known);
-            key.code = err;
-            count(&key, METRIC_CONNECT_FAILURES);
+#if defined(OFF_SOCK_SK_LOCK_OWNED) && defined(OFF_INET_CONNECTION_SOCK_ICSK_PENDING)
+        if (err == 0) {
+            /* Nothing recorded. A program closes its attempt only inside a system call holding the socket
+             * (close, shutdown, connect(AF_UNSPEC): sk_lock.owned set). Outside one, only the kernel closes
+             * it, and only after publishing the error (tcp_done_with_error(): sk_err, then tcp_done()), so the
+             * program took that error with SO_ERROR from another CPU in between (tests/bpf/test_connect_races.py:
+             * 18 of 30 were lost so). Which error: the retransmission timer's (its timer no longer pending:
+             * ETIMEDOUT, as sk_err_soft was 0) or an ICMP error's, whose errno is gone (errno="unknown"). */
+            int owned = 0;
+            u8 pending = 0;
+            bpf_probe_read_kernel(&owned, sizeof(owned), sk + OFF_SOCK_SK_LOCK_OWNED);
+            bpf_probe_read_kernel(&pending, sizeof(pending), sk + OFF_INET_CONNECTION_SOCK_ICSK_PENDING);
+            if (!owned)
+                err = pending ? ERRNO_UNKNOWN : ETIMEDOUT;
         }
+#endif
+        if (err > 0)  /* none: the program closed the socket before anything failed */
+            connect_failed(known, err);
         return 0;
     }
 #endif
@@ -622,11 +650,18 @@ RAW_TRACEPOINT_PROBE(tcp_receive_reset)
 {
     void *sk = (void *)ctx->args[0];
     struct errnomon_key key = {};
+    struct errnomon_owner *o = owner_of(sk);
 
-    key_from_sock(&key, sk, owner_of(sk));
+    key_from_sock(&key, sk, o);
     /* fires inside tcp_reset(), before the state changes: this is the state the RST hit */
     key.state = sock_state(sk);
     count(&key, METRIC_TCP_RESETS_RECEIVED);
+#ifdef OFF_SOCK_SK_ERR
+    /* A reset in SYN_SENT fails the attempt with ECONNREFUSED, always. Counted here, before tcp_reset()
+     * publishes the error: the program may take it with SO_ERROR before SYN_SENT -> CLOSE reads it. */
+    if (key.state == TCP_SYN_SENT && attempt_pending(o))
+        connect_failed(o, ECONNREFUSED);
+#endif
     return 0;
 }
 #endif
@@ -742,12 +777,8 @@ static __always_inline int error_report(void *sk)
          * error is certainly on the socket. The program this report wakes may read it with SO_ERROR, which
          * clears it, before the timer's SYN_SENT -> CLOSE, where it would then read 0 (seen under load: 1-2 of
          * 60). Every other failure is counted when the socket leaves SYN_SENT. */
-        if (sock_state(sk) == TCP_SYN_SENT && !(o->flags & OWNER_CONNECT_FAILED)) {
-            key_from_owner(&key, o);
-            key.code = err;
-            count(&key, METRIC_CONNECT_FAILURES);
-            o->flags |= OWNER_CONNECT_FAILED;
-        }
+        if (sock_state(sk) == TCP_SYN_SENT && attempt_pending(o))
+            connect_failed(o, err);
         return 0;
     }
     key_from_sock(&key, sk, o);

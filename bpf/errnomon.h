@@ -25,6 +25,10 @@
 #define RESET_REASON_NO_SOCKET 65281
 #define RESET_REASON_TIMEWAIT_SOCKET 65282
 
+/* errno of a connect failure whose error the kernel no longer holds (the program took it with SO_ERROR before
+ * errnomon could read it, and only its cause is known to be an ICMP error): errno="unknown". Above any errno. */
+#define ERRNO_UNKNOWN 65535
+
 /* The key of the counting map; fields a metric does not use stay zero.
  * gen is the drain generation: the daemon only reads and deletes keys of the generation
  * the programs stopped writing one drain interval earlier, so no increment is lost. */

@@ -19,6 +19,8 @@ Event = namedtuple("Event", "metric errno op comm remote port state reason actio
 
 
 def errno_name(code):
+    if code == abi.DEFINES["ERRNO_UNKNOWN"]:
+        return "unknown"
     return errno_mod.errorcode.get(code, "E%d" % code)
 
 

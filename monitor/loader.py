@@ -236,6 +236,11 @@ LAYOUT = {
     ("sock", "sk_protocol"): "SCTP and DCCP state changes are taken for TCP's",
     ("sock", "sk_err"): "socket error reports and connect failures are not counted",
     ("sock", "sk_err_soft"): "connect failures whose ICMP error arrived while connect() held the socket are not counted",
+    # who closed a connection attempt whose error was already taken: the kernel outside a system call
+    # (sk_lock.owned 0), and which error: the retransmission timer's when it is no longer pending
+    ("sock", "sk_lock.owned"): "connect failures whose error the program took (SO_ERROR) while the kernel was "
+                               "closing the attempt are not counted",
+    ("inet_connection_sock", "icsk_pending"): None,
     ("sock", "sk_error_queue"): None,
     ("sock", "sk_error_queue.prev"): "connect failures whose ICMP error the program already read with SO_ERROR are "
                                      "not counted",

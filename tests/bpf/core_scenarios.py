@@ -8,6 +8,7 @@ after the test tag and deleted at the end.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import select
@@ -275,3 +276,126 @@ def syn_timeouts(comm_prefix: str, family: int, n: int, spread: float = 0.05, cp
         "unfinished": sum(p.info.get("unfinished", 0) for p in procs),
         "errors": [p.error for p in procs if p.error],
     }
+
+
+def _burn(rep, cpu: int, stop: sc._Event, seconds: float) -> None:
+    """Keep one CPU busy (never idle: its timers stay on it) until `stop` or `seconds`."""
+    os.sched_setaffinity(0, {cpu})
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and not select.select([stop.r], [], [], 0)[0]:
+        for _ in range(2000):
+            pass
+    rep.set("burned", True)
+
+
+def _start_attempts(rep, family: int, port: int, n: int, socks: list, syncnt: int | None = None,
+                    spread: float = 0.0) -> None:
+    """n non-blocking connects to (loopback, port), `spread` seconds apart, each appended to `socks` as soon as
+    it exists (the caller closes them); each connect() is recorded (EINPROGRESS expected)."""
+    host = sc._loopback(family)
+    for _ in range(n):
+        s = socket.socket(family, socket.SOCK_STREAM)
+        socks.append(s)
+        if syncnt:
+            s.setsockopt(socket.IPPROTO_TCP, TCP_SYNCNT, syncnt)
+        s.setblocking(False)
+        err = s.connect_ex((host, port))
+        rep.record("connect", sc._errname(err), err not in (0, errno.EINPROGRESS))
+        time.sleep(spread)
+
+
+def _connect_then_spin(rep, family: int, port: int, n: int, cause: str, spread: float, stop: sc._Event,
+                       wait: float) -> None:
+    """n non-blocking connects from CPU 0, whose SYNs nftables drops; then, from CPU 1, read SO_ERROR of the
+    next attempt to fail in a tight loop, so that the error is often taken while the kernel, on CPU 0, is
+    still between publishing it and closing the attempt. cause "timeout": TCP_SYNCNT 1, the retransmission
+    timer gives up (ETIMEDOUT). cause "reset": the drop rule is removed after the connects, so the timer's
+    first retransmitted SYN meets no listener and the reset comes back in softirq (ECONNREFUSED).
+    Records each outcome ("so_error") and how many were taken while the socket was still in SYN_SENT
+    (TCP_INFO read after SO_ERROR returned it): the race happened, seen from outside errnomon."""
+    os.sched_setaffinity(0, {0})
+    socks = []
+    try:
+        _start_attempts(rep, family, port, n, socks, 1 if cause == "timeout" else None, spread)
+        if cause == "reset":
+            subprocess.run(["nft", "delete", "table", "inet", "errnomon_core"], check=True, timeout=10)
+        os.sched_setaffinity(0, {1})
+        deadline = time.monotonic() + wait
+        in_syn_sent = 0
+        for s in socks:
+            while time.monotonic() < deadline:
+                err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    state = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+                    in_syn_sent += state == 2  # TCP_SYN_SENT
+                    rep.record("so_error", sc._errname(err), True)
+                    break
+        rep.set("taken_in_syn_sent", in_syn_sent)
+    finally:
+        stop.set()
+        for s in socks:
+            s.close()
+
+
+def errors_taken_while_closing(comm_prefix: str, cause: str, n: int, spread: float = 0.02) -> dict:
+    """n attempts that fail in the kernel on CPU 0 (kept busy by a burner) while their program spins on
+    SO_ERROR on CPU 1 (see _connect_then_spin): "timeout" or "reset". Needs two CPUs."""
+    started = time.monotonic()
+    procs = []
+    stop = sc._Event()
+    with Netns("tcp dport %d drop" % TIMEOUT_PORT) as ns:
+        try:
+            procs.append(sc._spawn("burn", comm_prefix, _burn, 0, stop, 30.0))
+            procs.append(sc._spawn("cli", comm_prefix, _connect_then_spin, socket.AF_INET, TIMEOUT_PORT, n, cause,
+                                   spread, stop, 15.0, netns=ns.name))
+            sc._finish(procs, started + 40)
+        except BaseException:
+            sc._abort(procs)
+            raise
+        finally:
+            stop.close()
+    return sc._result("errors_taken_while_closing_" + cause, socket.AF_INET, TIMEOUT_PORT,
+                      sc._loopback(socket.AF_INET), procs, started)
+
+
+def _connect_then_abandon(rep, family: int, port: int, how: str, n: int) -> None:
+    """n non-blocking connects whose SYNs are dropped; after 0.3 s (still in SYN_SENT) the program gives each
+    up itself: close(), shutdown(SHUT_RDWR) or connect(AF_UNSPEC) (both disconnect it in the kernel, which
+    then records ECONNRESET on it: the program's own doing). Records SO_ERROR after the disconnects."""
+    socks = []
+    try:
+        _start_attempts(rep, family, port, n, socks)
+        time.sleep(0.3)
+        for s in socks:
+            state = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+            assert state == 2, "not connecting any more (TCP state %d)" % state
+            if how == "close":
+                s.close()
+                continue
+            if how == "shutdown":
+                rep.call("shutdown", s.shutdown, socket.SHUT_RDWR)
+            else:
+                unspec = (ctypes.c_ubyte * 16)()  # struct sockaddr, sa_family AF_UNSPEC (0)
+                ok = sc._libc.connect(s.fileno(), unspec, len(unspec)) == 0
+                rep.record("connect_unspec", "OK" if ok else sc._errname(ctypes.get_errno()), not ok)
+            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            rep.record("so_error", sc._errname(err) if err else "OK", bool(err))
+    finally:
+        for s in socks:
+            s.close()
+
+
+def abandoned_attempts(comm_prefix: str, how: str, n: int) -> dict:
+    """n connection attempts the program gives up while they are connecting (see _connect_then_abandon)."""
+    started = time.monotonic()
+    procs = []
+    with Netns("tcp dport %d drop" % TIMEOUT_PORT) as ns:
+        try:
+            procs.append(sc._spawn("cli", comm_prefix, _connect_then_abandon, socket.AF_INET, TIMEOUT_PORT, how, n,
+                                   netns=ns.name))
+            sc._finish(procs, started + sc.SCENARIO_TIMEOUT)
+        except BaseException:
+            sc._abort(procs)
+            raise
+    return sc._result("abandoned_attempts_" + how, socket.AF_INET, TIMEOUT_PORT, sc._loopback(socket.AF_INET), procs,
+                      started)

@@ -98,3 +98,19 @@ def test_listener_resets_carry_the_peer(daemon, family):
     expect(daemon, cli, "errnomon_tcp_resets_received_total", (dict(peer, state="ESTABLISHED"), n))
     expect(daemon, cli, "errnomon_socket_error_reports_total", (dict(peer, errno="ECONNRESET"), n))
     expect(daemon, cli, "errnomon_connect_failures_total")
+
+
+@pytest.mark.parametrize("how", ["close", "shutdown", "unspec"])
+def test_attempts_the_program_gives_up_are_no_failures(daemon, how):
+    """A program that abandons its own attempt (inside a system call that holds the socket) closes it with no
+    error recorded, or records ECONNRESET itself (a disconnect): no connect failure, no error report. The other
+    side of the rule that counts attempts the kernel closed after their error was taken (test_connect_races.py)."""
+    n = 3
+    r = core_scenarios.abandoned_attempts("give" + how[0], how, n)
+    outcomes = collections.Counter(res for op, res in r["calls"]["cli"])
+    expected = {"close": {"EINPROGRESS": n}, "shutdown": {"EINPROGRESS": n, "OK": n, "ECONNRESET": n},
+                "unspec": {"EINPROGRESS": n, "OK": n, "ECONNRESET": n}}[how]
+    assert outcomes == expected, r["calls"]["cli"]
+    cli = r["comms"]["cli"]
+    expect(daemon, cli, "errnomon_connect_failures_total")
+    expect(daemon, cli, "errnomon_socket_error_reports_total")

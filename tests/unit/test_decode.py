@@ -28,7 +28,7 @@ FORMAT_FILE = (
 @pytest.mark.parametrize(
     "code, name",
     [(104, "ECONNRESET"), (32, "EPIPE"), (110, "ETIMEDOUT"), (111, "ECONNREFUSED"), (11, "EAGAIN"),
-     (0, "E0"), (9999, "E9999")],
+     (0, "E0"), (9999, "E9999"), (65535, "unknown")],
 )
 def test_errno_name(code, name):
     assert errno_name(code) == name
