@@ -320,6 +320,9 @@ def hot_section(hot, img):
     return out
 
 
+HELD = "errnomon-held"  # bench/servers.py: the daemon stopped with SIGSTOP, its programs attached
+
+
 def servers_section(sv, img):
     out = ["## 2. Real servers over loopback", ""]
     if not sv:
@@ -333,7 +336,9 @@ def servers_section(sv, img):
         "%s with %d clients, SET then GET, pipelining off (`-P 1`, %s requests per test) and on (`-P 16`, %s "
         "requests per test), counts calibrated once to last about %g s. Traffic to 127.0.0.1 only (ports %s). "
         "Configurations: `bare`; `empty-raw` (the floor, as in the hot path); `errnomon` (the daemon, shipped "
-        "config); `bpftrace-tp` (the same error counting on the same send/recv tracepoints). %d rounds, each "
+        "config); `errnomon-held` (the same daemon stopped with SIGSTOP once started: its programs attached and "
+        "counting, its process not running, so the hooks without the daemon's own drains and polls; in runs that "
+        "have it); `bpftrace-tp` (the same error counting on the same send/recv tracepoints). %d rounds, each "
         "configuration once per round in an order rotated by one, every workload back to back in its slot. Each "
         "figure is the median of per-round ratios to the same round's bare rate, with its interval in brackets "
         "(as in the hot path); *errnomon - floor* is errnomon's ratio minus the floor's, round by round, in points "
@@ -343,15 +348,21 @@ def servers_section(sv, img):
            "{:,}".format(n.get("1", 0)), "{:,}".format(n.get("16", 0)), sv["seconds_per_run"],
            ", ".join(str(p) for p in sv["ports"].values()), sv["rounds"]), ""]
     rows = []
+    held = HELD in sv["configs"]
     for w in sv["workloads"]:
         r = sv["results"][w]
         rows.append(["`%s`" % w, "{:,.0f}".format(r["bare"]["median_rate"]),
-                     interval(r["empty-raw"]["ratio"], "%.1f%%", 100), interval(r["errnomon"]["ratio"], "%.1f%%", 100),
-                     interval(r["bpftrace-tp"]["ratio"], "%.1f%%", 100),
-                     interval(r["errnomon"]["minus_floor"], "%+.1f", 100),
-                     interval(r["errnomon"]["ahead_of_bpftrace"], "%+.1f%%", 100)])
-    out += [table(["Workload", "Bare requests/s (median)", "empty-raw kept", "errnomon kept", "bpftrace-tp kept",
-                   "errnomon - floor (points)", "errnomon over bpftrace-tp"], rows), ""]
+                     interval(r["empty-raw"]["ratio"], "%.1f%%", 100), interval(r["errnomon"]["ratio"], "%.1f%%", 100)]
+                    + ([interval(r[HELD]["ratio"], "%.1f%%", 100)] if held else [])
+                    + [interval(r["bpftrace-tp"]["ratio"], "%.1f%%", 100),
+                       interval(r["errnomon"]["minus_floor"], "%+.1f", 100)]
+                    + ([interval(r[HELD]["minus_floor"], "%+.1f", 100),
+                        interval(r["errnomon"]["minus_held"], "%+.1f", 100)] if held else [])
+                    + [interval(r["errnomon"]["ahead_of_bpftrace"], "%+.1f%%", 100)])
+    out += [table(["Workload", "Bare requests/s (median)", "empty-raw kept", "errnomon kept"]
+                  + (["errnomon-held kept"] if held else []) + ["bpftrace-tp kept", "errnomon - floor (points)"]
+                  + (["held - floor (points)", "errnomon - held (points)"] if held else [])
+                  + ["errnomon over bpftrace-tp"], rows), ""]
     if img:
         out += ["![servers](%s)" % img, ""]
     if sv.get("runs"):
@@ -725,6 +736,20 @@ def analysis(hot, storm, scrape, foot, servers=None):
                 servers["results"][w]["errnomon"]["ahead_of_bpftrace"], "%+.2f%%", 100),
                 resolved(servers["results"][w]["errnomon"]["ahead_of_bpftrace"])) for w in behind)
             if behind else "")]
+        if HELD in servers["configs"]:
+            out += ["- errnomon's loss over the floor, split (points of the bare rate, median [interval]): the hooks "
+                    "alone (`errnomon-held` - floor) and the running daemon beyond them (`errnomon` - "
+                    "`errnomon-held`): %s." % "; ".join(
+                        "`%s` %s and %s" % (w, interval(servers["results"][w][HELD]["minus_floor"], "%+.2f", 100),
+                                            interval(servers["results"][w]["errnomon"]["minus_held"], "%+.2f", 100))
+                        for w in servers["workloads"])]
+        faster = [w for w in servers["workloads"] if (servers["results"][w]["bpftrace-tp"]["ratio"]["low"] or 0) > 1]
+        if faster:
+            out += ["- bpftrace-tp served more requests than bare in %s (the interval of its median above 100%%): "
+                    "running its programs cannot make a server faster, so in those workloads something other "
+                    "than the cost of the hooks moves the rates of a configuration (the comparison with it says "
+                    "little there)." % ", ".join("`%s` (%s)" % (w, interval(
+                        servers["results"][w]["bpftrace-tp"]["ratio"], "%.1f%%", 100)) for w in faster)]
         floor_ns = hot and "empty-raw" in hot["results"][str(hot["sizes"][0])] and \
             hot["results"][str(hot["sizes"][0])]["empty-raw"]["ns_per_call"]
         calls = servers.get("calls") or {}

@@ -9,7 +9,9 @@ configuration's slot every workload runs back to back:
   (-P 16), a request count calibrated once so that each test lasts about as long as the wrk run.
 
 Configurations: bare; empty-raw (the floor: an empty raw tracepoint program on each of errnomon's hooks); the
-errnomon daemon with the shipped config; bpftrace counting the same errors on the same send/recv tracepoints.
+errnomon daemon with the shipped config; errnomon-held, the same daemon stopped with SIGSTOP once started (its
+programs attached and counting, its own process not running: what the hooks cost without the daemon's drains
+and polls); bpftrace counting the same errors on the same send/recv tracepoints.
 A ratio is a configuration's requests/s over the bare requests/s of the same round; the figures are medians of
 per-round ratios with a distribution-free interval for the median (common.spread).
 
@@ -34,7 +36,8 @@ import time
 from common import Bpftrace, HostCpu, StartStop, before_round, log, median, noisy_processes, spread
 from hotpath import attach
 
-CONFIGS = ("bare", "empty-raw", "errnomon", "bpftrace-tp")
+HELD = "errnomon-held"
+CONFIGS = ("bare", "empty-raw", "errnomon", HELD, "bpftrace-tp")
 SERVER_CPU, CLIENT_CPU = 0, 1
 PORTS = {"nginx": 18401, "redis": 18402}  # the benchmark's own range, 18400-18499, loopback only
 CONNECTIONS = 8
@@ -342,13 +345,17 @@ def run(out_dir, rounds=9, seconds=3.0, quick=False, round_quiet_wait=None):
                 order_log.append(list(order))
                 rounds_quiet.append(before_round(round_quiet_wait))
                 for config in order:
-                    tracer = attach(config, workdir, r, label="servers")
+                    tracer = attach("errnomon" if config == HELD else config, workdir, r, label="servers")
                     if tracer is not None:
                         tracer.start()
                     try:
+                        if config == HELD:
+                            os.kill(tracer.pid, signal.SIGSTOP)
                         time.sleep(SETTLE)
                         res = run_workloads(seconds, redis_n)
                     finally:
+                        if config == HELD:
+                            os.kill(tracer.pid, signal.SIGCONT)
                         if tracer is not None:
                             tracer.stop()
                     for w in WORKLOADS:
@@ -384,6 +391,11 @@ def run(out_dir, rounds=9, seconds=3.0, quick=False, round_quiet_wait=None):
         # errnomon's loss over the floor's, round by round, as a share of the bare rate (negative: errnomon lost more)
         over = [(e - f) / b for e, f, b in zip(rates_w["errnomon"], rates_w["empty-raw"], bare)]
         per["errnomon"]["minus_floor"] = rounded(spread(over))
+        # the held daemon's (hooks only) over the floor, and what the running daemon loses beyond the held one
+        per[HELD]["minus_floor"] = rounded(spread([(h - f) / b for h, f, b in zip(rates_w[HELD], rates_w["empty-raw"],
+                                                                                 bare)]))
+        per["errnomon"]["minus_held"] = rounded(spread([(e - h) / b for e, h, b in zip(rates_w["errnomon"],
+                                                                                       rates_w[HELD], bare)]))
         ahead = [e / o - 1 for e, o in zip(rates_w["errnomon"], rates_w["bpftrace-tp"])]
         per["errnomon"]["ahead_of_bpftrace"] = rounded(spread(ahead))
         results[w] = per
