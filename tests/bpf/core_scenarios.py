@@ -19,6 +19,7 @@ import time
 from . import scenarios as sc
 
 TCP_SYNCNT = getattr(socket, "TCP_SYNCNT", 7)
+TCP_SYN_SENT = 2  # include/net/tcp_states.h
 _seq = 0
 
 
@@ -52,6 +53,27 @@ class Netns:
                        stderr=subprocess.DEVNULL)
 
 
+def _start_attempts(rep, family: int, port: int, n: int, socks: list, syncnt: int | None = None,
+                    spread: float = 0.0) -> None:
+    """n non-blocking connects to (loopback, port), `spread` seconds apart, each appended to `socks` as soon as
+    it exists (the caller closes them); each connect() is recorded (EINPROGRESS expected)."""
+    host = sc._loopback(family)
+    for _ in range(n):
+        s = socket.socket(family, socket.SOCK_STREAM)
+        socks.append(s)
+        if syncnt:
+            s.setsockopt(socket.IPPROTO_TCP, TCP_SYNCNT, syncnt)
+        s.setblocking(False)
+        err = s.connect_ex((host, port))
+        rep.record("connect", sc._errname(err), err not in (0, errno.EINPROGRESS))
+        time.sleep(spread)
+
+
+def _tcp_state(s: socket.socket) -> int:
+    """The socket's TCP state (tcpi_state, the first byte of TCP_INFO)."""
+    return s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+
+
 def _connect_all(rep, family: int, port: int, n: int, blocking: bool, syncnt: int | None, wait: float,
                  spread: float = 0.0, cpu: int | None = None) -> None:
     """n connection attempts to (loopback, port), `spread` seconds apart, on one CPU if given. Blocking:
@@ -59,22 +81,17 @@ def _connect_all(rep, family: int, port: int, n: int, blocking: bool, syncnt: in
     and record getsockopt(SO_ERROR) as "so_error" - what an event loop reads."""
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
-    host = sc._loopback(family)
     socks = []
-    for _ in range(n):
-        s = socket.socket(family, socket.SOCK_STREAM)
-        if syncnt:
-            s.setsockopt(socket.IPPROTO_TCP, TCP_SYNCNT, syncnt)
-        if blocking:
+    if blocking:
+        for _ in range(n):
+            s = socket.socket(family, socket.SOCK_STREAM)
+            if syncnt:
+                s.setsockopt(socket.IPPROTO_TCP, TCP_SYNCNT, syncnt)
             sc._bound(s, wait)
-            rep.call("connect", s.connect, (host, port))
+            rep.call("connect", s.connect, (sc._loopback(family), port))
             s.close()
-            continue
-        s.setblocking(False)
-        err = s.connect_ex((host, port))
-        rep.record("connect", sc._errname(err), err not in (0, errno.EINPROGRESS))
-        socks.append(s)
-        time.sleep(spread)
+    else:
+        _start_attempts(rep, family, port, n, socks, syncnt, spread)
     _await_outcomes(rep, socks, select.POLLOUT | select.POLLERR, wait)
 
 
@@ -285,23 +302,6 @@ def _burn(rep, cpu: int, stop: sc._Event, seconds: float) -> None:
     while time.monotonic() < end and not select.select([stop.r], [], [], 0)[0]:
         for _ in range(2000):
             pass
-    rep.set("burned", True)
-
-
-def _start_attempts(rep, family: int, port: int, n: int, socks: list, syncnt: int | None = None,
-                    spread: float = 0.0) -> None:
-    """n non-blocking connects to (loopback, port), `spread` seconds apart, each appended to `socks` as soon as
-    it exists (the caller closes them); each connect() is recorded (EINPROGRESS expected)."""
-    host = sc._loopback(family)
-    for _ in range(n):
-        s = socket.socket(family, socket.SOCK_STREAM)
-        socks.append(s)
-        if syncnt:
-            s.setsockopt(socket.IPPROTO_TCP, TCP_SYNCNT, syncnt)
-        s.setblocking(False)
-        err = s.connect_ex((host, port))
-        rep.record("connect", sc._errname(err), err not in (0, errno.EINPROGRESS))
-        time.sleep(spread)
 
 
 def _connect_then_spin(rep, family: int, port: int, n: int, cause: str, spread: float, stop: sc._Event,
@@ -326,8 +326,7 @@ def _connect_then_spin(rep, family: int, port: int, n: int, cause: str, spread: 
             while time.monotonic() < deadline:
                 err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if err:
-                    state = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
-                    in_syn_sent += state == 2  # TCP_SYN_SENT
+                    in_syn_sent += _tcp_state(s) == TCP_SYN_SENT
                     rep.record("so_error", sc._errname(err), True)
                     break
         rep.set("taken_in_syn_sent", in_syn_sent)
@@ -367,8 +366,8 @@ def _connect_then_abandon(rep, family: int, port: int, how: str, n: int) -> None
         _start_attempts(rep, family, port, n, socks)
         time.sleep(0.3)
         for s in socks:
-            state = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
-            assert state == 2, "not connecting any more (TCP state %d)" % state
+            state = _tcp_state(s)
+            assert state == TCP_SYN_SENT, "not connecting any more (TCP state %d)" % state
             if how == "close":
                 s.close()
                 continue
