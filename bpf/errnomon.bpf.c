@@ -50,6 +50,9 @@
 BPF_HASH(counts, struct errnomon_key, u64, MAP_SIZE);
 BPF_PERCPU_ARRAY(drops, u64, METRICS); /* increments lost to a full counts map, per metric */
 BPF_ARRAY(settings, struct errnomon_settings, 1);
+/* Wakes a daemon that sleeps while nothing is counted (settings.wake): a byte per key made then. Written only
+ * where count() makes a key, never for an increment; the daemon reads none of it, it only empties the ring. */
+BPF_RINGBUF_OUTPUT(wakeups, 1);
 
 /* Attribution state. LRU: an entry whose socket died unseen ages out instead of filling the map. */
 BPF_TABLE("lru_hash", u64, struct errnomon_owner, owners, MAX_SOCKETS);
@@ -85,7 +88,12 @@ static __always_inline void count(struct errnomon_key *key, int metric)
         return;
     }
     err = counts.insert(key, &one);
-    if (err == -EEXIST) {
+    if (!err) {
+        if (s && s->wake) {
+            u8 woke = 1;
+            wakeups.ringbuf_output(&woke, sizeof(woke), 0);
+        }
+    } else if (err == -EEXIST) {
         /* another CPU created it meanwhile */
         value = counts.lookup(key);
         if (value)

@@ -1,5 +1,5 @@
 """Batch reads and deletes on a BPF hash map by file descriptor, through the bpf(2) system call; and the
-kernel's run statistics of a program (bpf_prog_info).
+kernel's run statistics of a program (bpf_prog_info); and emptying a BPF ring buffer that only wakes the daemon.
 
 bcc's own batch helpers allocate max_entries keys and values on every call; a drain runs twice a second,
 so this keeps one buffer per map and reuses it. Falls back to one-by-one iteration on kernels without
@@ -8,8 +8,10 @@ batch operations (before 5.6).
 
 import ctypes
 import errno
+import mmap
 import os
 import platform
+import struct
 
 _NR_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine(), 321)
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -182,3 +184,32 @@ class HashMap:
             for k in part:
                 kb = ctypes.create_string_buffer(k, self.key_size)
                 _bpf(BPF_MAP_DELETE_ELEM, _ElemAttr(map_fd=self.fd, key=ctypes.addressof(kb)))
+
+
+class WakeRing:
+    """A BPF ring buffer (BPF_MAP_TYPE_RINGBUF) whose records are never read: that it holds any is the news.
+
+    The kernel maps its consumer position read-write at page 0 and its producer position read-only at page 1.
+    fileno() polls readable while the producer is ahead of the consumer; discard() moves the consumer up to the
+    producer, and the next record made after that wakes a poller again (the kernel notifies when a record
+    lands in an empty ring)."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        page = mmap.PAGESIZE
+        self._consumer = mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        self._producer = mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+
+    def fileno(self):
+        return self.fd
+
+    def pending(self):
+        """True if records were made since the last discard()."""
+        return struct.unpack_from("Q", self._producer, 0)[0] != struct.unpack_from("Q", self._consumer, 0)[0]
+
+    def discard(self):
+        struct.pack_into("Q", self._consumer, 0, struct.unpack_from("Q", self._producer, 0)[0])
+
+    def close(self):
+        self._consumer.close()
+        self._producer.close()

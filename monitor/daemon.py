@@ -2,6 +2,7 @@
 
 import ctypes
 import logging
+import math
 import os
 import select
 import signal
@@ -79,15 +80,18 @@ class Signals:
         except BlockingIOError:
             pass  # the pipe is full: the loop is awake anyway
 
-    def wait(self, timeout):
-        """Sleep until a signal, a wake() or `timeout` seconds; empties the pipe."""
-        ready, _, _ = select.select([self.rfd], [], [], max(0.0, timeout))
-        if ready:
+    def wait(self, timeout, others=()):
+        """Sleep until a signal, a wake(), one of `others` (objects with fileno()) is readable, or `timeout`
+        seconds (None: no limit); empties the pipe. Returns the readable ones of `others`."""
+        timeout = None if timeout is None or math.isinf(timeout) else max(0.0, timeout)
+        ready, _, _ = select.select([self.rfd, *others], [], [], timeout)
+        if self.rfd in ready:
             try:
                 while os.read(self.rfd, 4096):
                     pass
             except BlockingIOError:
                 pass
+        return [r for r in ready if r is not self.rfd]
 
     def take_hup(self):
         hup, self.hup = self.hup, False
@@ -263,7 +267,8 @@ class Daemon:
                     next_ping = now + watchdog
                 if now >= next_drain:
                     self.drain_once()
-                    next_drain = now + self.config.drain_interval
+                    # nothing counted for a while: the next key the programs make wakes the loop (monitor/drain.py)
+                    next_drain = math.inf if self.drain.asleep else now + self.config.drain_interval
                 if now >= next_listen:
                     self.poll_listeners()
                     next_listen = now + LISTEN_POLL_EVERY
@@ -271,8 +276,11 @@ class Daemon:
                     self.aggregator.expire()
                     next_expire = now + EXPIRE_EVERY
                 # the watchdog has its own deadline: a WatchdogSec shorter than the drain interval still works
-                deadline = min(next_drain, next_ping) if watchdog else next_drain
-                signals.wait(deadline - time.monotonic())
+                deadline = min(next_drain, next_listen, next_expire, next_ping if watchdog else math.inf)
+                if signals.wait(deadline - time.monotonic(), [self.drain.ring]):
+                    self.drain.woken()
+                    if next_drain == math.inf:
+                        next_drain = time.monotonic() + self.config.drain_interval
             log.info("%s received", signals.stop)
         finally:
             self.stop()

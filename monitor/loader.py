@@ -495,7 +495,7 @@ def describe_choice(chosen, why):
 
 
 # the maps the daemon uses, in the order their fds are passed
-MAPS = ("counts", "drops", "settings", "seeded", "listeners")
+MAPS = ("counts", "drops", "settings", "seeded", "listeners", "wakeups")
 # bcc names of the function-hook programs: KFUNC_PROBE/KRETFUNC_PROBE (kfunc__vmlinux__ from bcc 0.23),
 # and the kprobes the child attaches itself (any other prefix would make bcc attach them on its own)
 _FUNCTION_PROGRAM = re.compile(r"^(kfunc|kretfunc|errnomon_kprobe|errnomon_entry|errnomon_return)__(?:vmlinux__)?(\w+)$")
@@ -529,6 +529,7 @@ class Programs:
                  legacy_kprobes=(), tracefs=None):
         self.counts_fd, self._drops_fd, self._settings_fd = (map_fds[name] for name in MAPS[:3])
         self.seeded_fd, self.listeners_fd = map_fds["seeded"], map_fds["listeners"]  # monitor/seed.py
+        self.wakeups_fd = map_fds["wakeups"]  # monitor/drain.py
         self.prog_fds = dict(prog_fds or {})  # probe name -> program fd
         self._fds = list(map_fds.values()) + list(attachment_fds) + list(self.prog_fds.values())
         self.attached = attached          # signal -> [(probe, attached)]
@@ -557,9 +558,10 @@ class Programs:
             out[name] = sum(struct.unpack("%dQ" % (len(raw) // 8), raw))
         return out
 
-    def write_settings(self, gen, count_flags):
+    def write_settings(self, gen, count_flags, wake=False):
         low, high = self.ephemeral
-        settings = abi.Settings(gen=gen, count_flags=count_flags, ephemeral_low=low, ephemeral_high=high)
+        settings = abi.Settings(gen=gen, count_flags=count_flags, ephemeral_low=low, ephemeral_high=high,
+                                wake=int(wake))
         bpfmap.update(self._settings_fd, struct.pack("i", 0), bytes(settings))
 
     def close(self):

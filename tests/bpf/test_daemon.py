@@ -168,6 +168,30 @@ def test_syscall_tracepoints_off(own_daemon):
     d.wait_for("errnomon_socket_errors_total", [], comm=cli)
 
 
+def _voluntary_switches(pid):
+    """How often the daemon's main thread has blocked: once per wait of its loop, at least."""
+    with open("/proc/%d/task/%d/status" % (pid, pid)) as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches:"))
+
+
+def test_idle_daemon_sleeps_until_the_programs_make_a_key(own_daemon):
+    """With nothing counted the loop stops draining: its main thread stays blocked instead of waking every
+    drain interval, until a program makes a key. The errors that wake it are counted exactly, each time."""
+    d = own_daemon("kernel:\n  drain_interval: 100ms\n", name="sleepy")
+    for round_ in range(2):
+        time.sleep(1.0)  # three empty drains (0.3 s), then asleep
+        before = _voluntary_switches(d.proc.pid)
+        time.sleep(3.0)
+        woke = _voluntary_switches(d.proc.pid) - before
+        # draining every 100 ms would be 30; a listener poll (every 5 s) or another process's error costs a few
+        assert woke < 10, "the idle main thread blocked %d times in 3 s:\n%s" % (woke, d.output()[-2000:])
+        r = scenarios.refused("sleepy%d" % round_, socket.AF_INET)
+        assert r["errnos"]["cli"] == ["ECONNREFUSED"]  # the program's own account
+        cli, peer = r["comms"]["cli"], dict(remote=r["remote"], port=str(r["port"]))
+        d.wait_for("errnomon_connect_failures_total", [(dict(peer, comm=cli, errno="ECONNREFUSED"), 1)], comm=cli)
+        d.wait_for("errnomon_tcp_resets_received_total", [(dict(peer, comm=cli, state="SYN_SENT"), 1)], comm=cli)
+
+
 # ---------------------------------------------------------------------------
 # issue 7: bad reloads, signal bursts and start-up signals, many connections, the unit label
 
