@@ -66,6 +66,33 @@ def proc_cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14, 15 of stat(5)
 
 
+def threads_sched(pid):
+    """{tid: (ns on a CPU, voluntary context switches)} of a process's threads, from schedstat (exact, unlike
+    the tick-sampled utime/stime) and status."""
+    out = {}
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/schedstat" % (pid, tid)) as f:
+                ns = int(f.read().split()[0])
+            with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
+                vol = next(int(l.split()[1]) for l in f if l.startswith("voluntary_ctxt_switches:"))
+        except (OSError, StopIteration):  # the thread ended meanwhile
+            continue
+        out[int(tid)] = (ns, vol)
+    return out
+
+
+def sched_delta(pid, before, after, seconds):
+    """CPU (fraction of one core) and wake-ups per second between two threads_sched() readings: the main
+    thread's, and all threads'."""
+    def delta(tids, i):
+        return sum(after[t][i] - before.get(t, (0, 0))[i] for t in tids if t in after)
+    return {"seconds": round(seconds, 3), "cpu_fraction": round(delta(after, 0) / 1e9 / seconds, 6),
+            "main_cpu_fraction": round(delta([pid], 0) / 1e9 / seconds, 6),
+            "wakeups_per_s": round(delta(after, 1) / seconds, 3),
+            "main_wakeups_per_s": round(delta([pid], 1) / seconds, 3)}
+
+
 def proc_status_kib(pid, *keys):
     out = {}
     with open("/proc/%d/status" % pid) as f:

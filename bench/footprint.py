@@ -4,7 +4,8 @@ Start-up is timed from exec to the READY=1 datagram on a NOTIFY_SOCKET bound her
 Memory is read from /proc/<pid>/status (VmRSS, RssAnon) and /proc/<pid>/smaps (anonymous memory per mapping).
 The churn (bench/churn.c) forks short-lived processes that open, reset and refuse loopback connections at a
 fixed rate, over a bounded set of process names; RssAnon is sampled every `sample_every` seconds, and /metrics
-is scraped at each sample as Prometheus would. bench/memprofile.py breaks the anonymous memory down by
+is scraped at each sample as Prometheus would. Before the churn, the daemon's CPU (schedstat) and wake-ups
+(voluntary context switches) are read over an idle minute: nothing counted, nobody scraping. bench/memprofile.py breaks the anonymous memory down by
 start-up step in a fresh interpreter.
 """
 
@@ -14,8 +15,8 @@ import subprocess
 import sys
 import time
 
-from common import (DAEMON_CONFIG, ERRNOMON, REPO, VENV_PY, Errnomon, compile_c, log, median,
-                    smaps_by_mapping_kib, smaps_rollup_kib)
+from common import (DAEMON_CONFIG, ERRNOMON, REPO, VENV_PY, Errnomon, compile_c, log, median, sched_delta,
+                    smaps_by_mapping_kib, smaps_rollup_kib, threads_sched)
 
 STARTUP_BUDGET_S = 3.0
 ANON_BUDGET_KIB = 40 * 1024
@@ -68,6 +69,13 @@ class TrimmedErrnomon(Errnomon):
         return super().start()
 
 
+def idle(daemon, seconds):
+    """The daemon's CPU and wake-ups while nothing is counted and nobody scrapes."""
+    before, t0 = threads_sched(daemon.pid), time.monotonic()
+    time.sleep(seconds)
+    return sched_delta(daemon.pid, before, threads_sched(daemon.pid), time.monotonic() - t0)
+
+
 def churn_samples(daemon, churn_bin, churn_seconds, sample_every):
     """Run the churn against a running daemon; sample memory and series (scraping /metrics) every sample_every s,
     and once more after the last drain. Returns (samples, churn's own JSON, daemon CPU fraction of a core)."""
@@ -110,7 +118,7 @@ def churn_samples(daemon, churn_bin, churn_seconds, sample_every):
     return samples, result, cpu
 
 
-def run(out_dir, build_dir, churn_seconds=600.0, starts=3, sample_every=10.0, profile=True):
+def run(out_dir, build_dir, churn_seconds=600.0, starts=3, sample_every=10.0, profile=True, idle_seconds=60.0):
     churn_bin = compile_c("churn", build_dir)
     workdir = os.path.join(out_dir, "work")
     startups = []
@@ -129,6 +137,9 @@ def run(out_dir, build_dir, churn_seconds=600.0, starts=3, sample_every=10.0, pr
         after_start_smaps = top(smaps_by_mapping_kib(daemon.pid))
         after_start_rollup = smaps_rollup_kib(daemon.pid)
         log("footprint: after start-up RssAnon %d KiB, VmRSS %d KiB" % (after_start["RssAnon"], after_start["VmRSS"]))
+        idle_cost = idle(daemon, idle_seconds)
+        log("footprint: idle %.0f s: %.2f%% of a core, %.1f wake-ups/s (main thread %.1f)" % (
+            idle_seconds, 100 * idle_cost["cpu_fraction"], idle_cost["wakeups_per_s"], idle_cost["main_wakeups_per_s"]))
 
         samples, churn_result, cpu_fraction = churn_samples(daemon, churn_bin, churn_seconds, sample_every)
         after = daemon.memory()
@@ -148,6 +159,7 @@ def run(out_dir, build_dir, churn_seconds=600.0, starts=3, sample_every=10.0, pr
         "after_startup": after_start,
         "after_startup_anon_by_mapping_kib": after_start_smaps,
         "after_startup_smaps_rollup_kib": after_start_rollup,
+        "idle": idle_cost,
         "churn": {"seconds": churn_seconds, "rate_per_s": CHURN_RATE, "names": CHURN_NAMES, "result": churn_result,
                   "daemon_cpu_fraction": cpu_fraction},
         "samples": samples,

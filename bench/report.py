@@ -6,6 +6,7 @@ The prose lives here; every number comes from the JSON. Run by bench/run.py afte
 
 import json
 import os
+import statistics
 
 import ladder_report
 from common import REPO, spread
@@ -547,6 +548,14 @@ def foot_section(foot, img):
             % ("{:,}".format(c.get("processes", 0)), c.get("seconds", 0), c.get("failed", "?"),
                mib(foot["anon_growth_after_warmup_kib"]), foot["warmup_s"], 100 * foot["churn"]["daemon_cpu_fraction"]),
             ""]
+    idle = foot.get("idle")
+    if idle:
+        out += ["Idle, before the churn (nothing counted, nobody scraping, %.0f s; `/proc/<pid>/task/*/schedstat` "
+                "and voluntary context switches): the daemon used %.2f%% of one core and woke %.1f times a second, "
+                "its main thread %.2f%% and %.1f times (the drain loop sleeps while nothing is counted: what wakes "
+                "it is the listener poll every 5 s; the HTTP server's loop wakes once a second)."
+                % (idle["seconds"], 100 * idle["cpu_fraction"], idle["wakeups_per_s"],
+                   100 * idle["main_cpu_fraction"], idle["main_wakeups_per_s"]), ""]
     if img:
         out += ["![footprint](%s)" % img, ""]
     rows = [[k, mib(v)] for k, v in sorted(foot["after_startup_anon_by_mapping_kib"].items(), key=lambda kv: -kv[1])]
@@ -646,7 +655,10 @@ def checks_table(results):
         order = [k for k in CHECK_LABELS if k in checks] + rest
         for key in order:
             v = checks[key]
-            rows.append([area, check_label(bench, key), v["budget"], check_value(bench, key, v), ok(v["ok"])])
+            met = ok(v["ok"])
+            if not v["ok"] and v.get("low") is not None and v.get("high") is not None and v["low"] <= 0 <= v["high"]:
+                met = "**not resolved** (interval spans 0)"
+            rows.append([area, check_label(bench, key), v["budget"], check_value(bench, key, v), met])
     return table(["Area", "Budget", "Limit", "Measured (median [interval])", "Met"], rows)
 
 
@@ -750,9 +762,46 @@ def analysis(hot, storm, scrape, foot, servers=None):
                     "than the cost of the hooks moves the rates of a configuration (the comparison with it says "
                     "little there)." % ", ".join("`%s` (%s)" % (w, interval(
                         servers["results"][w]["bpftrace-tp"]["ratio"], "%.1f%%", 100)) for w in faster)]
+        cpu = servers.get("daemon_cpu") or []
+        if cpu:
+            fr = sorted(100 * c["cpu_fraction"] for c in cpu)
+            wk = sorted(c["wakeups_per_s"] for c in cpu)
+            out += ["- The running daemon's own CPU during its slots (`/proc/<pid>/task/*/schedstat`, %d slots): "
+                    "median %.2f%% of one core [%.2f%%, %.2f%%], %.1f wake-ups a second [%.1f, %.1f]; it has "
+                    "nothing to drain here (the drain loop sleeps while nothing is counted), so what runs is its "
+                    "listener poll every 5 s and the HTTP server's loop once a second." % (
+                        len(cpu), median(fr), fr[0], fr[-1], median(wk), wk[0], wk[-1])]
         floor_ns = hot and "empty-raw" in hot["results"][str(hot["sizes"][0])] and \
             hot["results"][str(hot["sizes"][0])]["empty-raw"]["ns_per_call"]
         calls = servers.get("calls") or {}
+        unresolved = [w for w in behind if servers["checks"]["errnomon_ahead_of_bpftrace_%s" % w]["high"] >= 0]
+        h64 = hot and hot["results"].get(str(hot["sizes"][0]))
+        if unresolved and h64 and "bpftrace-tp" in h64 and calls:
+            # per round: bpftrace-tp's ns per call less errnomon's (the floor cancels out)
+            d_ns = statistics.median((1 / b - 1 / e) / hot["calls_per_iteration"] * 1e9 for b, e in zip(
+                h64["bpftrace-tp"]["rates"], h64["errnomon"]["rates"]))
+            parts = []
+            for w in unresolved:
+                c = calls.get("nginx" if w == "nginx" else "redis-P%s" % w.rsplit("-P", 1)[1])
+                if not c:
+                    continue
+                ratios = [e / b - 1 for e, b in zip(servers["results"][w]["errnomon"]["rates"],
+                                                    servers["results"][w]["bpftrace-tp"]["rates"])]
+                sd = statistics.stdev(ratios) if len(ratios) > 1 else float("nan")
+                d = c["server"]["socket_calls_per_request"] * d_ns * servers["results"][w]["bare"]["median_rate"] / 1e9
+                n = int((1.96 * sd / d) ** 2) if d > 0 else None
+                per_round = servers.get("duration_s", 0) / max(1, servers.get("rounds_run", 1))
+                parts.append("`%s`: %.2f%% predicted, a per-round standard deviation of %.1f%%, so about %s rounds%s"
+                             % (w, 100 * d, 100 * sd, "{:,}".format(n) if n is not None else "no number of",
+                                " (%.1f h at this run's %.0f s a round)" % (n * per_round / 3600, per_round)
+                                if n is not None and per_round else ""))
+            if parts:
+                out += ["- Why errnomon against bpftrace is not resolved there: the hot path measures what separates "
+                        "them, %+.1f ns per call at 64 B (bpftrace-tp's cost over the floor less errnomon's, "
+                        "median of the rounds). At these servers' socket calls per request and bare rates that predicts a "
+                        "difference in the server's core as below; resolving it needs a 95%% interval of the mean "
+                        "clear of 0, about (1.96 x sd / difference)^2 rounds (more for the median's): %s. The hot "
+                        "path is where that difference is measured." % (d_ns, "; ".join(parts))]
         if floor_ns and calls:
             parts = []
             for w in servers["workloads"]:

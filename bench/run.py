@@ -107,7 +107,7 @@ def run_one(name, a, build):
         import footprint
         if a.quick:
             return footprint.run(a.out, build, churn_seconds=a.churn_seconds, starts=1, sample_every=1.0,
-                                 profile=False)
+                                 profile=False, idle_seconds=2.0)
         return footprint.run(a.out, build, churn_seconds=a.churn_seconds)
     raise ValueError(name)
 

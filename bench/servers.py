@@ -33,7 +33,8 @@ import subprocess
 import tempfile
 import time
 
-from common import Bpftrace, HostCpu, StartStop, before_round, log, median, noisy_processes, spread
+from common import (Bpftrace, HostCpu, StartStop, before_round, log, median, noisy_processes, sched_delta, spread,
+                    threads_sched)
 from hotpath import attach
 
 HELD = "errnomon-held"
@@ -331,6 +332,7 @@ def run(out_dir, rounds=9, seconds=3.0, quick=False, round_quiet_wait=None):
     noisy = {c: {w: [] for w in WORKLOADS} for c in CONFIGS}
     order_log = []
     rounds_quiet = []
+    daemon_cpu = []  # the running daemon's own CPU and wake-ups during each of its slots
     try:
         with Nginx(os.path.join(base, "nginx"), PORTS["nginx"], SERVER_CPU), \
                 Redis(os.path.join(base, "redis"), PORTS["redis"], SERVER_CPU):
@@ -352,7 +354,12 @@ def run(out_dir, rounds=9, seconds=3.0, quick=False, round_quiet_wait=None):
                         if config == HELD:
                             os.kill(tracer.pid, signal.SIGSTOP)
                         time.sleep(SETTLE)
+                        if config == "errnomon":
+                            before, t0 = threads_sched(tracer.pid), time.monotonic()
                         res = run_workloads(seconds, redis_n)
+                        if config == "errnomon":
+                            daemon_cpu.append(sched_delta(tracer.pid, before, threads_sched(tracer.pid),
+                                                          time.monotonic() - t0))
                     finally:
                         if config == HELD:
                             os.kill(tracer.pid, signal.SIGCONT)
@@ -415,6 +422,7 @@ def run(out_dir, rounds=9, seconds=3.0, quick=False, round_quiet_wait=None):
         "redis_requests_per_test": {str(k): v for k, v in redis_n.items()},
         "configs": list(CONFIGS), "workloads": WORKLOADS, "order_per_round": order_log,
         "rounds_quiet": rounds_quiet,
+        "daemon_cpu": daemon_cpu,
         "versions": versions(), "results": results, "calls": calls,
         "runs_with_noisy_processes": sum(1 for n in all_noisy if n), "runs": len(all_noisy),
         "checks": checks,
