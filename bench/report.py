@@ -726,11 +726,10 @@ def analysis(hot, storm, scrape, foot, servers=None):
                 "sum over CPUs); comm and cgroup label the process that saw the error, and the owner's copies "
                 "can be stale (exec, prctl, cgroup moves); the owner lookup gives the remote address and service "
                 "port; the sendfile check keeps a failing sendfile chunk after bytes were sent from being counted; "
-                "the SIGPIPE lookup runs for EPIPE only. No step is dead weight on this path. The only saving "
-                "that changes nothing counted is small: `io_error` copies the owner's tgid, cgroup and comm into "
-                "the key (`key_from_owner`) and `key_from_current` overwrites all three right after, so copying "
-                "only port, family and remote from the owner saves two 8-byte and one 16-byte copy, a few "
-                "instructions, well inside the spread above.", ""]
+                "the SIGPIPE lookup runs for EPIPE only. No step is dead weight on this path. The one redundant "
+                "copy is gone: `io_error` took the owner's tgid, cgroup and comm into the key and "
+                "`key_from_current` overwrote all three right after; it now takes only the peer from the owner "
+                "(`peer_from_owner`: port, family, remote), two 8-byte and one 16-byte copy fewer per error.", ""]
     if servers:
         unmet = [w for w in servers["workloads"]
                  if not servers["checks"]["errnomon_within_noise_of_floor_%s" % w]["ok"]]

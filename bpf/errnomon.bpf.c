@@ -132,14 +132,21 @@ static __always_inline void key_from_current(struct errnomon_key *key)
     bpf_get_current_comm(&key->comm, sizeof(key->comm));
 }
 
+/* The peer of a socket's owner: all an error raised in process context takes from it (key_from_current
+ * gives the rest). */
+static __always_inline void peer_from_owner(struct errnomon_key *key, struct errnomon_owner *o)
+{
+    key->port = o->port;
+    key->family = o->family;
+    __builtin_memcpy(key->remote, o->remote, sizeof(key->remote));
+}
+
 static __always_inline void key_from_owner(struct errnomon_key *key, struct errnomon_owner *o)
 {
     key->tgid = o->tgid;
     key->cgroup = o->cgroup;
-    key->port = o->port;
-    key->family = o->family;
-    __builtin_memcpy(key->remote, o->remote, sizeof(key->remote));
     __builtin_memcpy(key->comm, o->comm, sizeof(key->comm));
+    peer_from_owner(key, o);
 }
 
 /* A socket that existed before errnomon started: its seeded owner, found by the cookie errnomon's sock_diag
@@ -307,7 +314,7 @@ static __always_inline int io_error(void *sk, int ret, int op)
         return 0;
     o = owner_of(sk);
     if (o) {
-        key_from_owner(&key, o);
+        peer_from_owner(&key, o);
     } else {
         peer_from_sock(&key, sk, family);
     }
