@@ -148,7 +148,7 @@ def run(out_dir, build_dir, seconds=10.0, refused_seconds=5.0, procs=None, cost_
 # put under #ifdef; an expression (which may sit inside another step's statement) becomes a macro.
 STEPS = (
     ("owner lookup", "BENCH_NO_OWNER",
-     "    o = owner_of(sk);\n    if (o) {\n        key_from_owner(&key, o);\n    } else {\n"
+     "    o = owner_of(sk);\n    if (o) {\n        peer_from_owner(&key, o);\n    } else {\n"
      "        peer_from_sock(&key, sk, family);\n    }\n",
      "    o = 0;\n"),
     ("comm and cgroup", "BENCH_NO_COMM_CGROUP",
