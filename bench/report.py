@@ -765,11 +765,18 @@ def analysis(hot, storm, scrape, foot, servers=None):
         if cpu:
             fr = sorted(100 * c["cpu_fraction"] for c in cpu)
             wk = sorted(c["wakeups_per_s"] for c in cpu)
-            out += ["- The running daemon's own CPU during its slots (`/proc/<pid>/task/*/schedstat`, %d slots): "
-                    "median %.2f%% of one core [%.2f%%, %.2f%%], %.1f wake-ups a second [%.1f, %.1f]; it has "
-                    "nothing to drain here (the drain loop sleeps while nothing is counted), so what runs is its "
-                    "listener poll every 5 s and the HTTP server's loop once a second." % (
-                        len(cpu), median(fr), fr[0], fr[-1], median(wk), wk[0], wk[-1])]
+            mw = sorted(c["main_wakeups_per_s"] for c in cpu)
+            metrics = sorted({m for c in cpu for m in c.get("counted", {})})
+            counted = "; ".join("`%s` %s" % (m, "{:,.0f}".format(statistics.median([c.get("counted", {}).get(m, 0) for c in cpu])))
+                                for m in metrics) or "nothing"
+            out += ["- The running daemon's own CPU during its slots (`/proc/<pid>/task/*/schedstat`, %d slots of "
+                    "about %.0f s): median %.2f%% of one core [%.2f%%, %.2f%%]; its threads woke %.1f times a "
+                    "second [%.1f, %.1f], the main thread (drains, and the listener poll every 5 s) %.1f [%.1f, "
+                    "%.1f]; the HTTP server's loop wakes once a second. What it counted for the servers and load "
+                    "generators in a slot (median of the slots): %s. Those are the workloads' own connections "
+                    "opening and closing; the drain loop runs after each such burst and sleeps between." % (
+                        len(cpu), statistics.median([c["seconds"] for c in cpu]), statistics.median(fr), fr[0], fr[-1], statistics.median(wk),
+                        wk[0], wk[-1], statistics.median(mw), mw[0], mw[-1], counted)]
         floor_ns = hot and "empty-raw" in hot["results"][str(hot["sizes"][0])] and \
             hot["results"][str(hot["sizes"][0])]["empty-raw"]["ns_per_call"]
         calls = servers.get("calls") or {}
