@@ -315,6 +315,17 @@ def count_calls(workdir, seconds, redis_n):
 
 # ---- the benchmark -------------------------------------------------------------------------------------
 
+def counted_for_workloads(daemon):
+    """{metric: total} of what a running errnomon counted for the servers and load generators (COMMS)."""
+    from prometheus_client.parser import text_string_to_metric_families
+    totals = {}
+    for family in text_string_to_metric_families(daemon.scrape_text()):
+        for s in family.samples:
+            if s.name.endswith("_total") and s.labels.get("comm") in COMMS:
+                totals[s.name] = totals.get(s.name, 0) + s.value
+    return totals
+
+
 def run(out_dir, rounds=9, seconds=3.0, quick=False, round_quiet_wait=None):
     """round_quiet_wait: seconds to wait for a quiet machine before each round (None: do not look, and keep
     every round). When it is given, a round during which a virtual machine ran (a qemu-system process seen at
@@ -360,6 +371,8 @@ def run(out_dir, rounds=9, seconds=3.0, quick=False, round_quiet_wait=None):
                         if config == "errnomon":
                             daemon_cpu.append(sched_delta(tracer.pid, before, threads_sched(tracer.pid),
                                                           time.monotonic() - t0))
+                            time.sleep(1.2)  # two drains: what it counted in the slot, after the timed part
+                            daemon_cpu[-1]["counted"] = counted_for_workloads(tracer)
                     finally:
                         if config == HELD:
                             os.kill(tracer.pid, signal.SIGCONT)

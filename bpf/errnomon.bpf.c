@@ -50,8 +50,9 @@
 BPF_HASH(counts, struct errnomon_key, u64, MAP_SIZE);
 BPF_PERCPU_ARRAY(drops, u64, METRICS); /* increments lost to a full counts map, per metric */
 BPF_ARRAY(settings, struct errnomon_settings, 1);
-/* Wakes a daemon that sleeps while nothing is counted (settings.wake): a byte per key made then. Written only
- * where count() makes a key, never for an increment; the daemon reads none of it, it only empties the ring. */
+/* Wakes a daemon that sleeps while nothing is counted: a byte per key count() makes (once per label set and
+ * drain interval), never one per increment. The daemon reads none of it: it only looks whether the ring holds
+ * any and empties it. Once full (256 bytes), the ring drops the rest until emptied, which is news enough. */
 BPF_RINGBUF_OUTPUT(wakeups, 1);
 
 /* Attribution state. LRU: an entry whose socket died unseen ages out instead of filling the map. */
@@ -89,10 +90,8 @@ static __always_inline void count(struct errnomon_key *key, int metric)
     }
     err = counts.insert(key, &one);
     if (!err) {
-        if (s && s->wake) {
-            u8 woke = 1;
-            wakeups.ringbuf_output(&woke, sizeof(woke), 0);
-        }
+        u8 made = 1;
+        wakeups.ringbuf_output(&made, sizeof(made), 0);
     } else if (err == -EEXIST) {
         /* another CPU created it meanwhile */
         value = counts.lookup(key);

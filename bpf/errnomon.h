@@ -81,7 +81,7 @@ struct errnomon_settings {
     __u32 count_flags; /* COUNT_*: errnos that are normally dropped in the kernel */
     __u16 ephemeral_low;  /* net.ipv4.ip_local_port_range: ports the kernel hands out to clients, */
     __u16 ephemeral_high; /* never a service port */
-    __u32 wake;           /* 1: the daemon sleeps until told; a new key in `counts` is put on `wakeups` */
+    __u32 pad;
 };
 
 /* metric field of the key; also the index into the drops array (counts lost to a full map). */

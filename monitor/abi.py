@@ -73,7 +73,7 @@ class Listener(ctypes.Structure):
 
 class Settings(ctypes.Structure):
     _fields_ = [("gen", ctypes.c_uint32), ("count_flags", ctypes.c_uint32), ("ephemeral_low", ctypes.c_uint16),
-                ("ephemeral_high", ctypes.c_uint16), ("wake", ctypes.c_uint32)]
+                ("ephemeral_high", ctypes.c_uint16), ("pad", ctypes.c_uint32)]
 
 
 GEN_OFFSET = Key.gen.offset

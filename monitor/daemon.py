@@ -267,7 +267,7 @@ class Daemon:
                     next_ping = now + watchdog
                 if now >= next_drain:
                     self.drain_once()
-                    # nothing counted for a while: the next key the programs make wakes the loop (monitor/drain.py)
+                    # no key made since the last drain: the next one the programs make wakes the loop (monitor/drain.py)
                     next_drain = math.inf if self.drain.asleep else now + self.config.drain_interval
                 if now >= next_listen:
                     self.poll_listeners()
@@ -277,10 +277,11 @@ class Daemon:
                     next_expire = now + EXPIRE_EVERY
                 # the watchdog has its own deadline: a WatchdogSec shorter than the drain interval still works
                 deadline = min(next_drain, next_listen, next_expire, next_ping if watchdog else math.inf)
-                if signals.wait(deadline - time.monotonic(), [self.drain.ring]):
+                # the ring only while asleep: awake, it fills until the next drain empties it
+                if signals.wait(deadline - time.monotonic(), [self.drain.ring] if self.drain.asleep else []):
                     self.drain.woken()
-                    if next_drain == math.inf:
-                        next_drain = time.monotonic() + self.config.drain_interval
+                    # not at once: the generation the next drain reads must have been idle for an interval
+                    next_drain = time.monotonic() + self.config.drain_interval
             log.info("%s received", signals.stop)
         finally:
             self.stop()

@@ -5,18 +5,15 @@ reads and deletes every key of the other generation, which no program has writte
 interval, then flips the generation. A count is therefore read exactly once, at most two intervals after
 it happened.
 
-Every count of a generation starts by making its key, so while nothing is counted the daemon need not wake
-at all. After two drains in a row found nothing, the settings ask the programs to put a byte on the
-`wakeups` ring for every key they make (settings.wake); one drain later every key still in the map was made
-under that request, and the daemon sleeps (asleep) until the ring has news. A busy host pays nothing for
-it: the byte is written only when a key is made while the daemon is quiet.
+Every count of a generation starts by making its key, and the programs put a byte on the `wakeups` ring
+each time they make one. Each drain empties the ring before it reads the map. When it found the ring empty,
+no key was made in the generation the programs wrote since the last drain, and the one they write from now
+on will announce its first key on the ring: nothing is left to drain until the ring has data, so the daemon
+sleeps (asleep) until it does. After that wake-up, two drains read both generations, as ever.
 """
 
 from . import abi
 from .bpfmap import HashMap, WakeRing
-
-QUIET_TO_ASK = 2    # empty drains in a row before the programs are asked to wake the daemon
-QUIET_TO_SLEEP = 3  # and before it may sleep: the drain after asking read the last generation made unasked
 
 
 class Drain:
@@ -25,36 +22,26 @@ class Drain:
         self.map = HashMap(programs.counts_fd, abi.ctypes.sizeof(abi.Key))
         self.ring = WakeRing(programs.wakeups_fd)
         self.gen = 0
-        self.quiet = 0  # drains in a row that found nothing, since the ring last had news
         self.count_flags = count_flags
-        self._write()
-
-    def _write(self):
-        self.programs.write_settings(self.gen, self.count_flags, wake=self.quiet >= QUIET_TO_ASK)
+        self.asleep = False  # no drain is due until the ring has data
+        programs.write_settings(self.gen, count_flags)
 
     def set_count_flags(self, count_flags):
         self.count_flags = count_flags
-        self._write()
-
-    @property
-    def asleep(self):
-        """True when no drain is due until the ring has news: every key in the map, and every key made from
-        now on, was made while the programs were asked to wake the daemon."""
-        return self.quiet >= QUIET_TO_SLEEP
+        self.programs.write_settings(self.gen, count_flags)
 
     def woken(self):
-        """The ring had news (a key was made): empty it and drain on the schedule again."""
-        self.ring.discard()
-        if self.quiet:
-            self.quiet = 0
-            self._write()  # stop the programs writing to the ring while drains run anyway
+        """The ring has data: drain on the schedule again (the next drain empties the ring)."""
+        self.asleep = False
 
     def __call__(self):
         """One drain: returns [(Key, count)] for the idle generation, then makes it the active one."""
+        made = self.ring.pending()  # keys made since the last drain: in the active generation, or stragglers
+        self.ring.discard()         # in the idle one (read below); a key made from here on puts a byte again
         idle = 1 - self.gen
         entries = [(raw, value) for raw, value in self.map.items() if raw[abi.GEN_OFFSET] == idle]
         self.map.delete([raw for raw, _ in entries])
-        self.quiet = 0 if entries else self.quiet + 1
         self.gen = idle
-        self._write()
+        self.programs.write_settings(self.gen, self.count_flags)
+        self.asleep = not made
         return [(abi.Key.from_buffer_copy(raw), value) for raw, value in entries]

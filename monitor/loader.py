@@ -558,10 +558,9 @@ class Programs:
             out[name] = sum(struct.unpack("%dQ" % (len(raw) // 8), raw))
         return out
 
-    def write_settings(self, gen, count_flags, wake=False):
+    def write_settings(self, gen, count_flags):
         low, high = self.ephemeral
-        settings = abi.Settings(gen=gen, count_flags=count_flags, ephemeral_low=low, ephemeral_high=high,
-                                wake=int(wake))
+        settings = abi.Settings(gen=gen, count_flags=count_flags, ephemeral_low=low, ephemeral_high=high)
         bpfmap.update(self._settings_fd, struct.pack("i", 0), bytes(settings))
 
     def close(self):

@@ -25,6 +25,8 @@ logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 
 BACKLOG = 1024          # pending connections the kernel queues (capped by net.core.somaxconn)
 IDLE_TIMEOUT = 10       # seconds a connection may sit without a byte in either direction
+LOOP_TIMEOUT = 5        # the event loop's longest sleep: idle connections are closed after IDLE_TIMEOUT plus
+                        # at most this; an idle daemon's HTTP thread wakes this often
 THREADS = 4             # workers building responses; requests queue for them, connections do not
 MAX_CONNECTIONS = 4096  # open at once, at most; fewer when the file descriptor limit is lower
 RESERVED_FDS = 256      # kept for the BPF maps and links, logs, the config file
@@ -158,7 +160,7 @@ class Server:
         self.connections = connections
         self.waitress = create_server(
             app, map={}, sockets=[sock], threads=THREADS, backlog=BACKLOG, connection_limit=connections,
-            channel_timeout=IDLE_TIMEOUT, cleanup_interval=1, asyncore_loop_timeout=1,
+            channel_timeout=IDLE_TIMEOUT, cleanup_interval=1, asyncore_loop_timeout=LOOP_TIMEOUT,
             asyncore_use_poll=True,  # select() cannot watch more than 1024 descriptors
             ident="errnomon", expose_tracebacks=False, max_request_header_size=16384,
             max_request_body_size=65536, url_scheme="http")
