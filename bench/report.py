@@ -472,6 +472,12 @@ def cost_section(cost, img):
     return out
 
 
+def http_loop_seconds():
+    """How often the daemon's HTTP event loop wakes when nothing happens (monitor/web.py)."""
+    from common import monitor_module
+    return monitor_module("web").LOOP_TIMEOUT
+
+
 def median_of(values):
     from common import median
     return median(values) or 0
@@ -553,9 +559,9 @@ def foot_section(foot, img):
         out += ["Idle, before the churn (nothing counted, nobody scraping, %.0f s; `/proc/<pid>/task/*/schedstat` "
                 "and voluntary context switches): the daemon used %.2f%% of one core and woke %.1f times a second, "
                 "its main thread %.2f%% and %.1f times (the drain loop sleeps while nothing is counted: what wakes "
-                "it is the listener poll every 5 s; the HTTP server's loop wakes once a second)."
+                "it is the listener poll every 5 s; the HTTP server's loop looks every %d s)."
                 % (idle["seconds"], 100 * idle["cpu_fraction"], idle["wakeups_per_s"],
-                   100 * idle["main_cpu_fraction"], idle["main_wakeups_per_s"]), ""]
+                   100 * idle["main_cpu_fraction"], idle["main_wakeups_per_s"], http_loop_seconds()), ""]
     if img:
         out += ["![footprint](%s)" % img, ""]
     rows = [[k, mib(v)] for k, v in sorted(foot["after_startup_anon_by_mapping_kib"].items(), key=lambda kv: -kv[1])]
@@ -772,11 +778,11 @@ def analysis(hot, storm, scrape, foot, servers=None):
             out += ["- The running daemon's own CPU during its slots (`/proc/<pid>/task/*/schedstat`, %d slots of "
                     "about %.0f s): median %.2f%% of one core [%.2f%%, %.2f%%]; its threads woke %.1f times a "
                     "second [%.1f, %.1f], the main thread (drains, and the listener poll every 5 s) %.1f [%.1f, "
-                    "%.1f]; the HTTP server's loop wakes once a second. What it counted for the servers and load "
+                    "%.1f]; the HTTP server's loop looks every %d s. What it counted for the servers and load "
                     "generators in a slot (median of the slots): %s. Those are the workloads' own connections "
                     "opening and closing; the drain loop runs after each such burst and sleeps between." % (
                         len(cpu), statistics.median([c["seconds"] for c in cpu]), statistics.median(fr), fr[0], fr[-1], statistics.median(wk),
-                        wk[0], wk[-1], statistics.median(mw), mw[0], mw[-1], counted)]
+                        wk[0], wk[-1], statistics.median(mw), mw[0], mw[-1], http_loop_seconds(), counted)]
         floor_ns = hot and "empty-raw" in hot["results"][str(hot["sizes"][0])] and \
             hot["results"][str(hot["sizes"][0])]["empty-raw"]["ns_per_call"]
         calls = servers.get("calls") or {}

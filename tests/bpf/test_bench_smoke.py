@@ -16,7 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 DOC = os.path.join(REPO, "docs", "BENCHMARKS.md")
 
 
-def test_bench_quick(tmp_path):
+def test_bench_quick(tmp_path, monkeypatch):
     assert os.geteuid() == 0, "the benchmark smoke run needs root: run 'sudo make test'"
     setup = subprocess.run(["bash", os.path.join(REPO, "bench", "setup.sh")], capture_output=True, text=True,
                            timeout=900, stdin=subprocess.DEVNULL)
@@ -95,5 +95,21 @@ def test_bench_quick(tmp_path):
     assert len(foot["samples"]) >= 2
     assert foot["churn"]["result"].get("processes", 0) > 0, foot["churn"]
 
+    assert foot["idle"]["seconds"] > 0 and foot["idle"]["cpu_fraction"] >= 0, foot["idle"]
+    assert len(servers["daemon_cpu"]) == 1 and "counted" in servers["daemon_cpu"][0], servers["daemon_cpu"]
+
     # --quick leaves the docs alone
+    assert (os.path.getmtime(DOC) if os.path.exists(DOC) else None) == doc_mtime
+
+    # the page renders from these results (written elsewhere): every section, no exception
+    monkeypatch.syspath_prepend(os.path.join(REPO, "bench"))
+    import report
+    monkeypatch.setattr(report, "DOC", str(tmp_path / "BENCHMARKS.md"))
+    monkeypatch.setattr(report, "IMG", str(tmp_path / "img"))
+    report.write(str(out))
+    page = (tmp_path / "BENCHMARKS.md").read_text()
+    for heading in ("## Budgets", "## 1. Hot path", "## 2. Real servers over loopback", "## 3. Error storm",
+                    "## 4. Scrape", "## 5. Footprint", "### Real servers"):
+        assert heading in page, heading
+    assert "The running daemon's own CPU during its slots" in page and "Idle, before the churn" in page
     assert (os.path.getmtime(DOC) if os.path.exists(DOC) else None) == doc_mtime

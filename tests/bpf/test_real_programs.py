@@ -87,7 +87,7 @@ def test_nginx_proxy_to_dead_port(daemon, tmp_path):
 
 
 NGINX_SEND_FAILURES_WANTED = 3
-NGINX_CLIENTS_MAX = 40
+NGINX_CLIENTS_MAX = 120  # bounded; the reset landed inside a call for 2 of 40 clients once, with two guests running
 
 
 @pytest.mark.parametrize("sendfile", [True, False], ids=["sendfile_on", "sendfile_off"])
