@@ -209,7 +209,3 @@ class WakeRing:
 
     def discard(self):
         struct.pack_into("Q", self._consumer, 0, struct.unpack_from("Q", self._producer, 0)[0])
-
-    def close(self):
-        self._consumer.close()
-        self._producer.close()

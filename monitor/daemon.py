@@ -82,9 +82,8 @@ class Signals:
 
     def wait(self, timeout, others=()):
         """Sleep until a signal, a wake(), one of `others` (objects with fileno()) is readable, or `timeout`
-        seconds (None: no limit); empties the pipe. Returns the readable ones of `others`."""
-        timeout = None if timeout is None or math.isinf(timeout) else max(0.0, timeout)
-        ready, _, _ = select.select([self.rfd, *others], [], [], timeout)
+        seconds; empties the pipe. Returns the readable ones of `others`."""
+        ready, _, _ = select.select([self.rfd, *others], [], [], max(0.0, timeout))
         if self.rfd in ready:
             try:
                 while os.read(self.rfd, 4096):
