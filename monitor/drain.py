@@ -9,7 +9,9 @@ Every count of a generation starts by making its key, and the programs put a byt
 each time they make one. Each drain empties the ring before it reads the map. When it found the ring empty,
 no key was made in the generation the programs wrote since the last drain, and the one they write from now
 on will announce its first key on the ring: nothing is left to drain until the ring has data, so the daemon
-sleeps (asleep) until it does. After that wake-up, two drains read both generations, as ever.
+sleeps (asleep) until it does. After that wake-up, two drains an interval apart read both generations, as
+ever: the first at once when the generation it reads has been idle for an interval since the last flip (as it
+has after a sleep that long), so a burst of errors wakes the loop twice, not three times.
 """
 
 from . import abi
