@@ -5,8 +5,9 @@ Memory is read from /proc/<pid>/status (VmRSS, RssAnon) and /proc/<pid>/smaps (a
 The churn (bench/churn.c) forks short-lived processes that open, reset and refuse loopback connections at a
 fixed rate, over a bounded set of process names; RssAnon is sampled every `sample_every` seconds, and /metrics
 is scraped at each sample as Prometheus would. Before the churn, the daemon's CPU (schedstat) and wake-ups
-(voluntary context switches) are read over an idle minute: nothing counted, nobody scraping. bench/memprofile.py breaks the anonymous memory down by
-start-up step in a fresh interpreter.
+(voluntary context switches) are read over an idle minute: nothing counted, nobody scraping; and, beside it,
+what the machine charges any thread for a wake-up (bench/wake.c, and a Python thread in select()).
+bench/memprofile.py breaks the anonymous memory down by start-up step in a fresh interpreter.
 """
 
 import json
@@ -69,6 +70,33 @@ class TrimmedErrnomon(Errnomon):
         return super().start()
 
 
+WAKE_SLEEPS_US = (1000, 100000, 500000)
+PY_WAKE = ("import select, time\n"
+           "cpu = []\n"
+           "for _ in range(%d):\n"
+           "    t = time.thread_time_ns()\n"
+           "    select.select([], [], [], %f)\n"
+           "    cpu.append(time.thread_time_ns() - t)\n"
+           "cpu.sort()\n"
+           "print(cpu[len(cpu) // 2] / 1e3)\n")
+
+
+def wake_cost(build_dir, quick=False):
+    """What the machine charges a thread per wake-up, doing nothing else (bench/wake.c; and a Python thread
+    in select(), as the daemon's loop is): [{'sleep_us', 'cpu_us_median', ...}], {'sleep_us', 'cpu_us_median'}."""
+    exe = compile_c("wake", build_dir)
+    c = []
+    for us in WAKE_SLEEPS_US:
+        n = max(2, min(200, int((0.4 if quick else 4.0) * 1e6 / us)))
+        out = subprocess.run([exe, str(us), str(n)], capture_output=True, text=True, check=True, timeout=120)
+        c.append(json.loads(out.stdout))
+    us = WAKE_SLEEPS_US[-1]
+    n = 2 if quick else 10
+    out = subprocess.run([VENV_PY, "-c", PY_WAKE % (n, us / 1e6)], capture_output=True, text=True, check=True,
+                         timeout=120)
+    return {"c": c, "python_select": {"sleep_us": us, "n": n, "cpu_us_median": float(out.stdout)}}
+
+
 def idle(daemon, seconds):
     """The daemon's CPU and wake-ups while nothing is counted and nobody scrapes."""
     before, t0 = threads_sched(daemon.pid), time.monotonic()
@@ -120,6 +148,10 @@ def churn_samples(daemon, churn_bin, churn_seconds, sample_every):
 
 def run(out_dir, build_dir, churn_seconds=600.0, starts=3, sample_every=10.0, profile=True, idle_seconds=60.0):
     churn_bin = compile_c("churn", build_dir)
+    wakes = wake_cost(build_dir, quick=idle_seconds < 10)
+    log("footprint: CPU charged per wake-up: %s; Python select() after %.1f s %.0f us" % (
+        ", ".join("%.0f us after %g ms" % (w["cpu_us_median"], w["sleep_us"] / 1000) for w in wakes["c"]),
+        wakes["python_select"]["sleep_us"] / 1e6, wakes["python_select"]["cpu_us_median"]))
     workdir = os.path.join(out_dir, "work")
     startups = []
     for i in range(starts - 1):
@@ -160,6 +192,7 @@ def run(out_dir, build_dir, churn_seconds=600.0, starts=3, sample_every=10.0, pr
         "after_startup_anon_by_mapping_kib": after_start_smaps,
         "after_startup_smaps_rollup_kib": after_start_rollup,
         "idle": idle_cost,
+        "wake_cost": wakes,
         "churn": {"seconds": churn_seconds, "rate_per_s": CHURN_RATE, "names": CHURN_NAMES, "result": churn_result,
                   "daemon_cpu_fraction": cpu_fraction},
         "samples": samples,

@@ -562,6 +562,14 @@ def foot_section(foot, img):
                 "it is the listener poll every 5 s; the HTTP server's loop looks every %d s)."
                 % (idle["seconds"], 100 * idle["cpu_fraction"], idle["wakeups_per_s"],
                    100 * idle["main_cpu_fraction"], idle["main_wakeups_per_s"], http_loop_seconds()), ""]
+    wake = foot.get("wake_cost")
+    if wake:
+        out += ["What this machine charges any thread for a wake-up, doing nothing else (`bench/wake.c`: "
+                "`nanosleep`, then `CLOCK_THREAD_CPUTIME_ID`; median): %s; a Python thread returning from "
+                "`select()` after %g ms, %.0f us. The longer the sleep, the more a wake-up costs here; natively it "
+                "is a few microseconds whatever the sleep. An idle daemon's cost is mostly these wake-ups."
+                % (", ".join("%.0f us after %g ms" % (w["cpu_us_median"], w["sleep_us"] / 1000) for w in wake["c"]),
+                   wake["python_select"]["sleep_us"] / 1000, wake["python_select"]["cpu_us_median"]), ""]
     if img:
         out += ["![footprint](%s)" % img, ""]
     rows = [[k, mib(v)] for k, v in sorted(foot["after_startup_anon_by_mapping_kib"].items(), key=lambda kv: -kv[1])]
@@ -783,6 +791,18 @@ def analysis(hot, storm, scrape, foot, servers=None):
                     "opening and closing; the drain loop runs after each such burst and sleeps between." % (
                         len(cpu), statistics.median([c["seconds"] for c in cpu]), statistics.median(fr), fr[0], fr[-1], statistics.median(wk),
                         wk[0], wk[-1], statistics.median(mw), mw[0], mw[-1], http_loop_seconds(), counted)]
+            if HELD in servers["configs"]:
+                # both CPUs are busy (server on one, load generator on the other): whatever the daemon runs comes
+                # out of one of them, so its CPU share predicts its loss beyond the held daemon
+                held = [servers["results"][w]["errnomon"]["minus_held"] for w in servers["workloads"]]
+                out += ["- The running daemon's loss beyond its hooks against its own CPU: server and load generator "
+                        "each keep one of the two CPUs busy, so any time the daemon runs is taken from one of "
+                        "them, and a loss about its CPU share (%.2f%% of one core) is expected. Measured "
+                        "(`errnomon` - `errnomon-held`, median of the workloads' medians): %+.2f points, the "
+                        "workloads from %+.2f to %+.2f; %d of %d intervals contain minus the daemon's CPU share."
+                        % (statistics.median(fr), 100 * statistics.median([h["median"] for h in held]),
+                           100 * min(h["median"] for h in held), 100 * max(h["median"] for h in held),
+                           sum(1 for h in held if h["low"] <= -statistics.median(fr) / 100 <= h["high"]), len(held))]
         floor_ns = hot and "empty-raw" in hot["results"][str(hot["sizes"][0])] and \
             hot["results"][str(hot["sizes"][0])]["empty-raw"]["ns_per_call"]
         calls = servers.get("calls") or {}

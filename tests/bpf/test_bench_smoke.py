@@ -96,6 +96,9 @@ def test_bench_quick(tmp_path, monkeypatch):
     assert foot["churn"]["result"].get("processes", 0) > 0, foot["churn"]
 
     assert foot["idle"]["seconds"] > 0 and foot["idle"]["cpu_fraction"] >= 0, foot["idle"]
+    wake = foot["wake_cost"]
+    assert [w["sleep_us"] for w in wake["c"]] == [1000, 100000, 500000], wake
+    assert all(w["n"] >= 2 and w["cpu_us_median"] > 0 for w in wake["c"]) and wake["python_select"]["cpu_us_median"] > 0
     assert len(servers["daemon_cpu"]) == 1 and "counted" in servers["daemon_cpu"][0], servers["daemon_cpu"]
 
     # --quick leaves the docs alone
@@ -112,4 +115,5 @@ def test_bench_quick(tmp_path, monkeypatch):
                     "## 4. Scrape", "## 5. Footprint", "### Real servers"):
         assert heading in page, heading
     assert "The running daemon's own CPU during its slots" in page and "Idle, before the churn" in page
+    assert "charges any thread for a wake-up" in page and "loss beyond its hooks against its own CPU" in page
     assert (os.path.getmtime(DOC) if os.path.exists(DOC) else None) == doc_mtime
