@@ -182,9 +182,44 @@ def machine_info():
                                    "print(m.version('prometheus-client'))"]),
         "os": _os_release(),
         "cpu_vulnerabilities": _vulnerabilities(),
+        "damon": damon(),
         "loadavg_at_start": open("/proc/loadavg").read().split()[:3],
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
+
+
+DAMON = "/sys/kernel/mm/damon/admin/kdamonds"
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def damon(root=DAMON):
+    """The kernel's DAMON memory monitors (kdamonds) and what they do: [{'state', 'operations', 'sample_us',
+    'actions'}]. A monitor on physical memory clears the accessed bits of the pages it samples: a machine that
+    runs one charges a thread that wakes after a long sleep more (footprint.py measures what it charges)."""
+    out = []
+    try:
+        names = sorted(n for n in os.listdir(root) if n.isdigit())
+    except OSError:
+        return out
+    for n in names:
+        kd = os.path.join(root, n)
+        for c in sorted(x for x in os.listdir(os.path.join(kd, "contexts")) if x.isdigit()) if os.path.isdir(
+                os.path.join(kd, "contexts")) else []:
+            ctx = os.path.join(kd, "contexts", c)
+            schemes = os.path.join(ctx, "schemes")
+            actions = [_read(os.path.join(schemes, x, "action")) for x in sorted(os.listdir(schemes)) if x.isdigit()] \
+                if os.path.isdir(schemes) else []
+            out.append({"state": _read(os.path.join(kd, "state")), "operations": _read(os.path.join(ctx, "operations")),
+                        "sample_us": _read(os.path.join(ctx, "monitoring_attrs", "intervals", "sample_us")),
+                        "actions": actions})
+    return out
 
 
 def proc_meminfo_kib():

@@ -16,8 +16,8 @@ import subprocess
 import sys
 import time
 
-from common import (DAEMON_CONFIG, ERRNOMON, REPO, VENV_PY, Errnomon, compile_c, log, median, sched_delta,
-                    smaps_by_mapping_kib, smaps_rollup_kib, threads_sched)
+from common import (DAEMON_CONFIG, ERRNOMON, REPO, VENV_PY, Errnomon, compile_c, log, median, monitor_module,
+                    sched_delta, smaps_by_mapping_kib, smaps_rollup_kib, threads_sched)
 
 STARTUP_BUDGET_S = 3.0
 ANON_BUDGET_KIB = 40 * 1024
@@ -95,6 +95,19 @@ def wake_cost(build_dir, quick=False):
     out = subprocess.run([VENV_PY, "-c", PY_WAKE % (n, us / 1e6)], capture_output=True, text=True, check=True,
                          timeout=120)
     return {"c": c, "python_select": {"sleep_us": us, "n": n, "cpu_us_median": float(out.stdout)}}
+
+
+def listen_poll_hot_ms(reps=20):
+    """The CPU (ms, median) of the daemon's listener poll repeated back to back in this process: what the poll
+    itself costs with warm caches, to set beside the idle daemon's CPU per wake-up."""
+    lq = monitor_module("listen_queue").ListenQueues()
+    lq.poll()
+    cpu = []
+    for _ in range(reps):
+        t = time.thread_time_ns()
+        lq.poll()
+        cpu.append((time.thread_time_ns() - t) / 1e6)
+    return round(median(cpu), 3)
 
 
 def idle(daemon, seconds):
@@ -193,6 +206,7 @@ def run(out_dir, build_dir, churn_seconds=600.0, starts=3, sample_every=10.0, pr
         "after_startup_smaps_rollup_kib": after_start_rollup,
         "idle": idle_cost,
         "wake_cost": wakes,
+        "listen_poll_hot_ms": listen_poll_hot_ms(),
         "churn": {"seconds": churn_seconds, "rate_per_s": CHURN_RATE, "names": CHURN_NAMES, "result": churn_result,
                   "daemon_cpu_fraction": cpu_fraction},
         "samples": samples,

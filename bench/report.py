@@ -566,10 +566,19 @@ def foot_section(foot, img):
     if wake:
         out += ["What this machine charges any thread for a wake-up, doing nothing else (`bench/wake.c`: "
                 "`nanosleep`, then `CLOCK_THREAD_CPUTIME_ID`; median): %s; a Python thread returning from "
-                "`select()` after %g ms, %.0f us. The longer the sleep, the more a wake-up costs here; natively it "
-                "is a few microseconds whatever the sleep. An idle daemon's cost is mostly these wake-ups."
+                "`select()` after %g ms, %.0f us. The longer the sleep, the more a wake-up costs on this machine "
+                "(see its memory monitors in the machine table)."
                 % (", ".join("%.0f us after %g ms" % (w["cpu_us_median"], w["sleep_us"] / 1000) for w in wake["c"]),
-                   wake["python_select"]["sleep_us"] / 1000, wake["python_select"]["cpu_us_median"]), ""]
+                   wake["python_select"]["sleep_us"] / 1000, wake["python_select"]["cpu_us_median"])]
+        if idle and idle["main_wakeups_per_s"]:
+            out[-1] += (" The idle daemon's main thread spent %.1f ms of CPU per wake-up (its CPU over its wake-ups "
+                        "above): the listener poll, done cold after a 5 s sleep, against %.1f ms for the same poll "
+                        "repeated back to back (`listen_poll_hot_ms`)." % (
+                            1000 * idle["main_cpu_fraction"] / idle["main_wakeups_per_s"],
+                            foot.get("listen_poll_hot_ms", float("nan"))) if "listen_poll_hot_ms" in foot else
+                        " The idle daemon's main thread spent %.1f ms of CPU per wake-up (its CPU over its wake-ups "
+                        "above)." % (1000 * idle["main_cpu_fraction"] / idle["main_wakeups_per_s"]))
+        out += [""]
     if img:
         out += ["![footprint](%s)" % img, ""]
     rows = [[k, mib(v)] for k, v in sorted(foot["after_startup_anon_by_mapping_kib"].items(), key=lambda kv: -kv[1])]
@@ -768,6 +777,15 @@ def analysis(hot, storm, scrape, foot, servers=None):
                         "`%s` %s and %s" % (w, interval(servers["results"][w][HELD]["minus_floor"], "%+.2f", 100),
                                             interval(servers["results"][w]["errnomon"]["minus_held"], "%+.2f", 100))
                         for w in servers["workloads"])]
+            hooks = {w: spread([h / b - 1 for h, b in zip(servers["results"][w][HELD]["rates"],
+                                                          servers["results"][w]["bpftrace-tp"]["rates"])])
+                     for w in servers["workloads"]}
+            out += ["- The hooks alone against bpftrace (`errnomon-held` over `bpftrace-tp`, median of per-round "
+                    "ratios [interval]): %s. bpftrace's process sleeps until it exits and prints its maps once; "
+                    "errnomon's daemon drains and exports while it runs, and it counts the workloads' connection "
+                    "closes (FINs, resets), which bpftrace's program does not: where errnomon keeps less than "
+                    "bpftrace, compare this line with the running daemon's CPU below." % "; ".join(
+                        "`%s` %s" % (w, interval(hooks[w], "%+.2f%%", 100)) for w in servers["workloads"])]
         faster = [w for w in servers["workloads"] if (servers["results"][w]["bpftrace-tp"]["ratio"]["low"] or 0) > 1]
         if faster:
             out += ["- bpftrace-tp served more requests than bare in %s (the interval of its median above 100%%): "
@@ -963,6 +981,11 @@ def write(out_dir):
             ["Memory", "%s MiB" % m.get("mem_total_mib", "")],
             ["CPU mitigations", "; ".join("%s: %s" % kv for kv in m.get("cpu_vulnerabilities", {}).items()
                                           if kv[0] in ("spectre_v2", "spec_rstack_overflow", "retbleed")) or "n/a"],
+            ["Memory monitors (DAMON)", "; ".join(
+                "kdamond %s: %s, sampled every %s ms%s" % (
+                    d["state"], d["operations"], "%g" % (int(d["sample_us"]) / 1000) if d["sample_us"].isdigit()
+                    else "?", ", schemes: " + ", ".join(d["actions"]) if d["actions"] else "")
+                for d in m["damon"]) or "none" if "damon" in m else "not recorded"],
             ["Python", m.get("python", "")],
             ["bcc", m.get("bcc", "")],
             ["bpftrace", m.get("bpftrace", "")],
@@ -1001,7 +1024,7 @@ def write(out_dir):
             "bpftrace, the floor's empty programs, BPF run-time statistics, /proc helpers, quiet checks, spread",
             "- `bench/hotpath.py` + `bench/pingpong.c`; `bench/servers.py` (nginx/wrk, redis/redis-benchmark); "
             "`bench/storm.py` + `bench/storm.c` (with the per-error cost breakdown); `bench/scrape.py`; "
-            "`bench/footprint.py` + `bench/churn.c` + `bench/memprofile.py`; `bench/report.py`: this page",
+            "`bench/footprint.py` + `bench/churn.c` + `bench/wake.c` + `bench/memprofile.py`; `bench/report.py`: this page",
             "- `tests/bpf/test_bench_smoke.py`: `bench/run.py --quick` in `make test` (no timing assertions; "
             "the storm counts must be exact)", ""]
     os.makedirs(os.path.dirname(DOC), exist_ok=True)

@@ -99,6 +99,8 @@ def test_bench_quick(tmp_path, monkeypatch):
     wake = foot["wake_cost"]
     assert [w["sleep_us"] for w in wake["c"]] == [1000, 100000, 500000], wake
     assert all(w["n"] >= 2 and w["cpu_us_median"] > 0 for w in wake["c"]) and wake["python_select"]["cpu_us_median"] > 0
+    assert foot["listen_poll_hot_ms"] > 0
+    assert isinstance(load("machine")["damon"], list)
     assert len(servers["daemon_cpu"]) == 1 and "counted" in servers["daemon_cpu"][0], servers["daemon_cpu"]
 
     # --quick leaves the docs alone
