@@ -821,6 +821,20 @@ def analysis(hot, storm, scrape, foot, servers=None):
                         % (statistics.median(fr), 100 * statistics.median([h["median"] for h in held]),
                            100 * min(h["median"] for h in held), 100 * max(h["median"] for h in held),
                            sum(1 for h in held if h["low"] <= -statistics.median(fr) / 100 <= h["high"]), len(held))]
+        behind_resolved = [w for w in behind if servers["checks"]["errnomon_ahead_of_bpftrace_%s" % w]["high"] < 0]
+        if behind_resolved and HELD in servers["configs"] and cpu:
+            hooks_behind = [w for w in behind_resolved if hooks[w]["high"] < 0]
+            split = "; ".join(
+                "`%s` %s, of which the hooks against bpftrace %s and the running daemon beyond its hooks %s points" % (
+                    w, interval(servers["results"][w]["errnomon"]["ahead_of_bpftrace"], "%+.2f%%", 100),
+                    interval(hooks[w], "%+.2f%%", 100), interval(servers["results"][w]["errnomon"]["minus_held"], "%+.2f", 100))
+                for w in behind_resolved)
+            out += ["- Where errnomon keeps less than bpftrace with the interval clear of 0, it splits as: %s. %s; the "
+                    "part beyond them is the running daemon, whose CPU share (%.2f%% of one core, above) is the cost "
+                    "of draining and exporting what bpftrace's program does not count." % (
+                        split, "The hooks alone are behind bpftrace in %s" % ", ".join("`%s`" % w for w in hooks_behind)
+                        if hooks_behind else "The hooks alone do not resolve against bpftrace there",
+                        statistics.median(100 * c["cpu_fraction"] for c in cpu))]
         floor_ns = hot and "empty-raw" in hot["results"][str(hot["sizes"][0])] and \
             hot["results"][str(hot["sizes"][0])]["empty-raw"]["ns_per_call"]
         calls = servers.get("calls") or {}
