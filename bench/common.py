@@ -1,5 +1,6 @@
 """Shared helpers: paths, compiling the C programs, a real errnomon daemon, /proc readings, statistics."""
 
+import glob
 import json
 import os
 import platform
@@ -201,24 +202,14 @@ def _read(path):
 
 def damon(root=DAMON):
     """The kernel's DAMON memory monitors (kdamonds) and what they do: [{'state', 'operations', 'sample_us',
-    'actions'}]. A monitor on physical memory clears the accessed bits of the pages it samples: a machine that
-    runs one charges a thread that wakes after a long sleep more (footprint.py measures what it charges)."""
+    'actions'}], one per monitoring context. A monitor on physical memory clears the accessed bits of the pages
+    it samples (footprint.py measures what a wake-up costs on the machine beside it)."""
     out = []
-    try:
-        names = sorted(n for n in os.listdir(root) if n.isdigit())
-    except OSError:
-        return out
-    for n in names:
-        kd = os.path.join(root, n)
-        for c in sorted(x for x in os.listdir(os.path.join(kd, "contexts")) if x.isdigit()) if os.path.isdir(
-                os.path.join(kd, "contexts")) else []:
-            ctx = os.path.join(kd, "contexts", c)
-            schemes = os.path.join(ctx, "schemes")
-            actions = [_read(os.path.join(schemes, x, "action")) for x in sorted(os.listdir(schemes)) if x.isdigit()] \
-                if os.path.isdir(schemes) else []
-            out.append({"state": _read(os.path.join(kd, "state")), "operations": _read(os.path.join(ctx, "operations")),
-                        "sample_us": _read(os.path.join(ctx, "monitoring_attrs", "intervals", "sample_us")),
-                        "actions": actions})
+    for ctx in sorted(glob.glob(os.path.join(root, "[0-9]*", "contexts", "[0-9]*"))):
+        kdamond = os.path.dirname(os.path.dirname(ctx))
+        out.append({"state": _read(os.path.join(kdamond, "state")), "operations": _read(os.path.join(ctx, "operations")),
+                    "sample_us": _read(os.path.join(ctx, "monitoring_attrs", "intervals", "sample_us")),
+                    "actions": [_read(a) for a in sorted(glob.glob(os.path.join(ctx, "schemes", "[0-9]*", "action")))]})
     return out
 
 

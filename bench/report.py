@@ -571,13 +571,12 @@ def foot_section(foot, img):
                 % (", ".join("%.0f us after %g ms" % (w["cpu_us_median"], w["sleep_us"] / 1000) for w in wake["c"]),
                    wake["python_select"]["sleep_us"] / 1000, wake["python_select"]["cpu_us_median"])]
         if idle and idle["main_wakeups_per_s"]:
-            out[-1] += (" The idle daemon's main thread spent %.1f ms of CPU per wake-up (its CPU over its wake-ups "
-                        "above): the listener poll, done cold after a 5 s sleep, against %.1f ms for the same poll "
-                        "repeated back to back (`listen_poll_hot_ms`)." % (
-                            1000 * idle["main_cpu_fraction"] / idle["main_wakeups_per_s"],
-                            foot.get("listen_poll_hot_ms", float("nan"))) if "listen_poll_hot_ms" in foot else
-                        " The idle daemon's main thread spent %.1f ms of CPU per wake-up (its CPU over its wake-ups "
-                        "above)." % (1000 * idle["main_cpu_fraction"] / idle["main_wakeups_per_s"]))
+            out[-1] += " The idle daemon's main thread spent %.1f ms of CPU per wake-up (its CPU over its wake-ups above)" % (
+                1000 * idle["main_cpu_fraction"] / idle["main_wakeups_per_s"])
+            if "listen_poll_hot_ms" in foot:
+                out[-1] += (": the listener poll, done cold after a 5 s sleep, against %.1f ms for the same poll "
+                            "repeated back to back (`listen_poll_hot_ms`)" % foot["listen_poll_hot_ms"])
+            out[-1] += "."
         out += [""]
     if img:
         out += ["![footprint](%s)" % img, ""]
@@ -796,6 +795,7 @@ def analysis(hot, storm, scrape, foot, servers=None):
         cpu = servers.get("daemon_cpu") or []
         if cpu:
             fr = sorted(100 * c["cpu_fraction"] for c in cpu)
+            share = statistics.median(fr)  # the daemon's CPU share in its slots, % of one core
             wk = sorted(c["wakeups_per_s"] for c in cpu)
             mw = sorted(c["main_wakeups_per_s"] for c in cpu)
             metrics = sorted({m for c in cpu for m in c.get("counted", {})})
@@ -807,7 +807,7 @@ def analysis(hot, storm, scrape, foot, servers=None):
                     "%.1f]; the HTTP server's loop looks every %d s. What it counted for the servers and load "
                     "generators in a slot (median of the slots): %s. Those are the workloads' own connections "
                     "opening and closing; the drain loop runs after each such burst and sleeps between." % (
-                        len(cpu), statistics.median([c["seconds"] for c in cpu]), statistics.median(fr), fr[0], fr[-1], statistics.median(wk),
+                        len(cpu), statistics.median([c["seconds"] for c in cpu]), share, fr[0], fr[-1], statistics.median(wk),
                         wk[0], wk[-1], statistics.median(mw), mw[0], mw[-1], http_loop_seconds(), counted)]
             if HELD in servers["configs"]:
                 # both CPUs are busy (server on one, load generator on the other): whatever the daemon runs comes
@@ -818,9 +818,9 @@ def analysis(hot, storm, scrape, foot, servers=None):
                         "them, and a loss about its CPU share (%.2f%% of one core) is expected. Measured "
                         "(`errnomon` - `errnomon-held`, median of the workloads' medians): %+.2f points, the "
                         "workloads from %+.2f to %+.2f; %d of %d intervals contain minus the daemon's CPU share."
-                        % (statistics.median(fr), 100 * statistics.median([h["median"] for h in held]),
+                        % (share, 100 * statistics.median([h["median"] for h in held]),
                            100 * min(h["median"] for h in held), 100 * max(h["median"] for h in held),
-                           sum(1 for h in held if h["low"] <= -statistics.median(fr) / 100 <= h["high"]), len(held))]
+                           sum(1 for h in held if h["low"] <= -share / 100 <= h["high"]), len(held))]
         behind_resolved = [w for w in behind if servers["checks"]["errnomon_ahead_of_bpftrace_%s" % w]["high"] < 0]
         if behind_resolved and HELD in servers["configs"] and cpu:
             hooks_behind = [w for w in behind_resolved if hooks[w]["high"] < 0]
@@ -833,8 +833,7 @@ def analysis(hot, storm, scrape, foot, servers=None):
                     "part beyond them is the running daemon, whose CPU share (%.2f%% of one core, above) is the cost "
                     "of draining and exporting what bpftrace's program does not count." % (
                         split, "The hooks alone are behind bpftrace in %s" % ", ".join("`%s`" % w for w in hooks_behind)
-                        if hooks_behind else "The hooks alone do not resolve against bpftrace there",
-                        statistics.median(100 * c["cpu_fraction"] for c in cpu))]
+                        if hooks_behind else "The hooks alone do not resolve against bpftrace there", share)]
         floor_ns = hot and "empty-raw" in hot["results"][str(hot["sizes"][0])] and \
             hot["results"][str(hot["sizes"][0])]["empty-raw"]["ns_per_call"]
         calls = servers.get("calls") or {}

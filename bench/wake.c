@@ -3,8 +3,7 @@
  * usage: wake <sleep microseconds> <count>
  * Sleeps <count> times with nanosleep() and prints, as JSON, the CPU time (CLOCK_THREAD_CPUTIME_ID) each
  * sleep-and-return cost: the scheduler's switch out and in, the timer, and whatever the machine adds to a
- * vCPU coming back from idle. Natively this is microseconds; footprint.py reports it beside the daemon's
- * idle cost, whose main thread does little more than wake up. */
+ * vCPU coming back from idle. footprint.py reports it beside the idle daemon's cost per wake-up. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>

@@ -253,7 +253,6 @@ class Daemon:
         now = time.monotonic()
         next_drain, next_ping, next_expire = now + self.config.drain_interval, now, now + EXPIRE_EVERY
         next_listen = now + LISTEN_POLL_EVERY
-        flipped = now  # the Drain wrote its first generation when it was made, before this
         try:
             while signals.stop is None:
                 if signals.take_hup():
@@ -267,7 +266,6 @@ class Daemon:
                     next_ping = now + watchdog
                 if now >= next_drain:
                     self.drain_once()
-                    flipped = time.monotonic()  # the generation just read is written from here on; the other is idle
                     # no key made since the last drain: the next one the programs make wakes the loop (monitor/drain.py)
                     next_drain = math.inf if self.drain.asleep else now + self.config.drain_interval
                 if now >= next_listen:
@@ -280,10 +278,7 @@ class Daemon:
                 deadline = min(next_drain, next_listen, next_expire, next_ping if watchdog else math.inf)
                 # the ring only while asleep: awake, it fills until the next drain empties it
                 if signals.wait(deadline - time.monotonic(), [self.drain.ring] if self.drain.asleep else []):
-                    self.drain.woken()
-                    # the generation the next drain reads has been idle since the last flip, and must be for an
-                    # interval: after a sleep that long (the usual case) the wake-up is the first drain itself
-                    next_drain = max(time.monotonic(), flipped + self.config.drain_interval)
+                    next_drain = self.drain.woken(self.config.drain_interval)
             log.info("%s received", signals.stop)
         finally:
             self.stop()

@@ -14,6 +14,8 @@ ever: the first at once when the generation it reads has been idle for an interv
 has after a sleep that long), so a burst of errors wakes the loop twice, not three times.
 """
 
+import time
+
 from . import abi
 from .bpfmap import HashMap, WakeRing
 
@@ -27,14 +29,18 @@ class Drain:
         self.count_flags = count_flags
         self.asleep = False  # no drain is due until the ring has data
         programs.write_settings(self.gen, count_flags)
+        self.flipped = time.monotonic()  # the last flip: the idle generation has not been written since
 
     def set_count_flags(self, count_flags):
         self.count_flags = count_flags
         self.programs.write_settings(self.gen, count_flags)
 
-    def woken(self):
-        """The ring has data: drain on the schedule again (the next drain empties the ring)."""
+    def woken(self, interval):
+        """The ring has data: drain on the schedule again (the next drain empties the ring). Returns when the
+        next drain may run: once the idle generation has been idle for an interval since the last flip, at
+        once after a sleep that long."""
         self.asleep = False
+        return max(time.monotonic(), self.flipped + interval)
 
     def __call__(self):
         """One drain: returns [(Key, count)] for the idle generation, then makes it the active one."""
@@ -45,5 +51,6 @@ class Drain:
         self.map.delete([raw for raw, _ in entries])
         self.gen = idle
         self.programs.write_settings(self.gen, self.count_flags)
+        self.flipped = time.monotonic()
         self.asleep = not made
         return [(abi.Key.from_buffer_copy(raw), value) for raw, value in entries]

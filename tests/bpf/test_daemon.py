@@ -180,7 +180,7 @@ def test_idle_daemon_sleeps_until_the_programs_make_a_key(own_daemon):
     d = own_daemon("kernel:\n  drain_interval: 100ms\n", name="sleepy")
     bursts = []
     for round_ in range(3):
-        time.sleep(1.0)  # three empty drains (0.3 s), then asleep
+        time.sleep(1.0)  # the first drain that finds the ring empty puts the loop to sleep
         before = _voluntary_switches(d.proc.pid)
         time.sleep(3.0)
         woke = _voluntary_switches(d.proc.pid) - before
