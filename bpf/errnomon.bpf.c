@@ -75,9 +75,10 @@ static __always_inline struct errnomon_settings *get_settings(void)
     return settings.lookup(&zero);
 }
 
-static __always_inline void count(struct errnomon_key *key, int metric)
+/* Adds n to the key's counter (of this drain generation). */
+static __always_inline void count_by(struct errnomon_key *key, int metric, u64 n)
 {
-    u64 one = 1, *value;
+    u64 *value;
     int err, m = metric;
     struct errnomon_settings *s = get_settings();
 
@@ -85,10 +86,10 @@ static __always_inline void count(struct errnomon_key *key, int metric)
     key->metric = metric;
     value = counts.lookup(key);
     if (value) {
-        __sync_fetch_and_add(value, 1);
+        __sync_fetch_and_add(value, n);
         return;
     }
-    err = counts.insert(key, &one);
+    err = counts.insert(key, &n);
     if (!err) {
         u8 made = 1;
         wakeups.ringbuf_output(&made, sizeof(made), 0);
@@ -96,12 +97,17 @@ static __always_inline void count(struct errnomon_key *key, int metric)
         /* another CPU created it meanwhile */
         value = counts.lookup(key);
         if (value)
-            __sync_fetch_and_add(value, 1);
+            __sync_fetch_and_add(value, n);
     } else if (err) {
         u64 *d = drops.lookup(&m);
         if (d)
-            *d += 1;
+            *d += n;
     }
+}
+
+static __always_inline void count(struct errnomon_key *key, int metric)
+{
+    count_by(key, metric, 1);
 }
 
 /* Errors that are part of normal non-blocking or interrupted I/O, dropped unless asked for.
@@ -474,6 +480,109 @@ static __always_inline void listener_remove(u16 port)
         l->count -= 1;
 }
 
+#ifdef OFF_SOCK_SK_DROPS
+/* Listen-queue drops, from the listener's own drop counter (what ss -ltm shows as d<N>: the kernel bumps it where
+ * it drops a SYN or the handshake's last ACK for a full queue, and no tracepoint fires there). Every listening
+ * socket is in listen_socks from listen() (CLOSE -> LISTEN) to its close (LISTEN -> CLOSE), with its owner and
+ * the counter's value when last read. The increase is counted at the close, so that a listener's last drops
+ * (and all of a short-lived one's) are not lost with it, and whenever the daemon runs sweep_listeners on it.
+ * Not LRU: a listener evicted would lose its drops silently; a full map is counted in drops[]. */
+BPF_HASH(listen_socks, u64, struct errnomon_listen_sock, LISTEN_SOCKETS);
+
+/* sk_drops_read(): from 6.18 a socket may keep its drops per NUMA node (sk_drop_counters) as well */
+static __always_inline u32 sock_drops(void *sk)
+{
+    u32 drops = 0;
+    bpf_probe_read_kernel(&drops, sizeof(drops), sk + OFF_SOCK_SK_DROPS);
+#if defined(OFF_SOCK_SK_DROP_COUNTERS) && defined(OFF_NUMA_DROP_COUNTERS_DROPS0) && \
+    defined(OFF_NUMA_DROP_COUNTERS_DROPS1)
+    void *numa = 0;
+    bpf_probe_read_kernel(&numa, sizeof(numa), sk + OFF_SOCK_SK_DROP_COUNTERS);
+    if (numa) {
+        u32 d0 = 0, d1 = 0;
+        bpf_probe_read_kernel(&d0, sizeof(d0), numa + OFF_NUMA_DROP_COUNTERS_DROPS0);
+        bpf_probe_read_kernel(&d1, sizeof(d1), numa + OFF_NUMA_DROP_COUNTERS_DROPS1);
+        drops += d0 + d1;
+    }
+#endif
+    return drops;
+}
+
+/* Counts what the listener dropped since its counter was last read. */
+static __always_inline void listen_drops_read(struct errnomon_listen_sock *l, void *sk)
+{
+    u32 now = sock_drops(sk), n = now - l->drops;
+    if (now == l->drops)
+        return;
+    if (now < l->drops) /* never for the same socket: the counter only grows */
+        n = now;
+    l->drops = now;
+    struct errnomon_key key = {};
+    key_from_owner(&key, &l->owner);
+    count_by(&key, METRIC_LISTEN_DROPS, n);
+}
+
+static __always_inline void listen_sock_add(void *sk, u16 port)
+{
+    u64 skp = (u64)sk;
+    struct errnomon_listen_sock l = {};
+    int m = METRIC_LISTEN_DROPS;
+    bpf_get_current_comm(&l.owner.comm, sizeof(l.owner.comm));
+    l.owner.tgid = bpf_get_current_pid_tgid() >> 32;
+    l.owner.cgroup = bpf_get_current_cgroup_id();
+    l.owner.port = port;
+    l.drops = sock_drops(sk); /* a socket that listens again keeps its counter: count from here */
+    if (listen_socks.update(&skp, &l)) {
+        u64 *d = drops.lookup(&m);
+        if (d)
+            *d += 1;
+    }
+}
+
+static __always_inline void listen_sock_close(void *sk)
+{
+    u64 skp = (u64)sk;
+    struct errnomon_listen_sock *l = listen_socks.lookup(&skp);
+    if (!l)
+        return;
+    listen_drops_read(l, sk);
+    listen_socks.delete(&skp);
+}
+
+/* Not attached: the daemon runs it (BPF_PROG_TEST_RUN) with up to LISTEN_SWEEP_BATCH keys of listen_socks in
+ * ctx->args, 0 after the last, to count the drops of listeners that are still open. A key whose socket is no
+ * longer that listener (its close unseen: a skipped run) is forgotten without counting. */
+static __always_inline void sweep_one(u64 skp)
+{
+    void *sk = (void *)skp;
+    u16 num = 0;
+    struct errnomon_listen_sock *l;
+    if (!skp)
+        return;
+    l = listen_socks.lookup(&skp);
+    if (!l)
+        return;
+    bpf_probe_read_kernel(&num, sizeof(num), sk + 14);
+    if (sock_state(sk) != TCP_LISTEN || num != l->owner.port) {
+        listen_socks.delete(&skp);
+        return;
+    }
+#ifdef OFF_SOCK_COMMON_SKC_COOKIE
+    /* the daemon's sock_diag dump at start-up gave it one: how the daemon tells these listeners from older ones */
+    bpf_probe_read_kernel(&l->cookie, sizeof(l->cookie), sk + OFF_SOCK_COMMON_SKC_COOKIE);
+#endif
+    listen_drops_read(l, sk);
+}
+
+int sweep_listeners(struct bpf_raw_tracepoint_args *ctx)
+{
+#pragma unroll
+    for (int i = 0; i < LISTEN_SWEEP_BATCH; i++)
+        sweep_one(ctx->args[i]);
+    return 0;
+}
+#endif
+
 /* inet_sock_set_state also fires for SCTP and DCCP sockets: only TCP's (and MPTCP subflows') count.
  * Without BTF sk_protocol's place is unknown and every socket is taken for TCP (logged at start). */
 static __always_inline int is_tcp(void *sk)
@@ -608,10 +717,16 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
     }
     if (old == TCP_CLOSE && new == TCP_LISTEN) {
         listener_add(sport);
+#ifdef OFF_SOCK_SK_DROPS
+        listen_sock_add(sk, sport);
+#endif
         return 0;
     }
     if (old == TCP_LISTEN && new == TCP_CLOSE) {
         listener_remove(sport);
+#ifdef OFF_SOCK_SK_DROPS
+        listen_sock_close(sk);
+#endif
         return 0;
     }
     if ((old == TCP_ESTABLISHED && new == TCP_FIN_WAIT1) || (old == TCP_CLOSE_WAIT && new == TCP_LAST_ACK) ||

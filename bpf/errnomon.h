@@ -71,6 +71,14 @@ struct errnomon_listener {
     __u32 count;
 };
 
+/* A listening socket the programs follow (listen_socks, keyed by socket pointer), from listen() to its close. */
+struct errnomon_listen_sock {
+    struct errnomon_owner owner; /* port: the listening port */
+    __u32 drops;                 /* its drop counter when last read */
+    __u32 pad;
+    __u64 cookie;                /* its socket cookie as of the last sweep; 0 while it has none */
+};
+
 /* Written by the daemon; read by the programs on error paths only. */
 #define COUNT_EAGAIN 1
 #define COUNT_EINTR 2
@@ -93,6 +101,12 @@ struct errnomon_settings {
 #define METRIC_SIGPIPE 5
 #define METRIC_CONNECT_FAILURES 6
 #define METRIC_TCP_FINS_RECEIVED 7
-#define METRICS 8
+#define METRIC_LISTEN_DROPS 8 /* added in the kernel by the listener's drop counter's increase (bpf: listen_socks) */
+#define METRICS 9
+
+/* Listening sockets the programs follow (listen_socks), and how many of them sweep_listeners reads per run
+ * (BPF_PROG_TEST_RUN passes at most 12 u64 arguments to a raw tracepoint program). */
+#define LISTEN_SOCKETS 16384
+#define LISTEN_SWEEP_BATCH 12
 
 #endif

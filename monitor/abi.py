@@ -34,7 +34,7 @@ COUNT_FLAGS = {"EAGAIN": DEFINES["COUNT_EAGAIN"], "EINTR": DEFINES["COUNT_EINTR"
 # Metric of a key, by its METRIC_* number; the names are those of the exported metrics without
 # the errnomon_ prefix and _total suffix.
 METRICS = ("socket_errors", "socket_error_reports", "tcp_resets_received", "tcp_resets_sent",
-           "tcp_fins_sent", "sigpipe", "connect_failures", "tcp_fins_received")
+           "tcp_fins_sent", "sigpipe", "connect_failures", "tcp_fins_received", "listen_drops")
 assert [DEFINES["METRIC_" + m.upper()] for m in METRICS] == list(range(DEFINES["METRICS"]))
 
 
@@ -69,6 +69,10 @@ class Owner(ctypes.Structure):
 
 class Listener(ctypes.Structure):
     _fields_ = [("owner", Owner), ("count", ctypes.c_uint32)]
+
+
+class ListenSock(ctypes.Structure):
+    _fields_ = [("owner", Owner), ("drops", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("cookie", ctypes.c_uint64)]
 
 
 class Settings(ctypes.Structure):

@@ -1,5 +1,6 @@
-"""Batch reads and deletes on a BPF hash map by file descriptor, through the bpf(2) system call; and the
-kernel's run statistics of a program (bpf_prog_info); and emptying a BPF ring buffer that only wakes the daemon.
+"""Batch reads and deletes on a BPF hash map by file descriptor, through the bpf(2) system call; the
+kernel's run statistics of a program (bpf_prog_info); running a program that is not attached (BPF_PROG_TEST_RUN);
+and emptying a BPF ring buffer that only wakes the daemon.
 
 bcc's own batch helpers allocate max_entries keys and values on every call; a drain runs twice a second,
 so this keeps one buffer per map and reuses it. Falls back to one-by-one iteration on kernels without
@@ -22,6 +23,7 @@ BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
 BPF_MAP_GET_NEXT_KEY = 4
+BPF_PROG_TEST_RUN = 10
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_MAP_LOOKUP_BATCH = 24
 BPF_MAP_DELETE_BATCH = 27
@@ -36,6 +38,16 @@ class _BatchAttr(ctypes.Structure):
     _fields_ = [("in_batch", ctypes.c_uint64), ("out_batch", ctypes.c_uint64), ("keys", ctypes.c_uint64),
                 ("values", ctypes.c_uint64), ("count", ctypes.c_uint32), ("map_fd", ctypes.c_uint32),
                 ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+
+
+class _TestRunAttr(ctypes.Structure):
+    """The test member of union bpf_attr (BPF_PROG_TEST_RUN) up to batch_size."""
+    _fields_ = [("prog_fd", ctypes.c_uint32), ("retval", ctypes.c_uint32), ("data_size_in", ctypes.c_uint32),
+                ("data_size_out", ctypes.c_uint32), ("data_in", ctypes.c_uint64), ("data_out", ctypes.c_uint64),
+                ("repeat", ctypes.c_uint32), ("duration", ctypes.c_uint32), ("ctx_size_in", ctypes.c_uint32),
+                ("ctx_size_out", ctypes.c_uint32), ("ctx_in", ctypes.c_uint64), ("ctx_out", ctypes.c_uint64),
+                ("flags", ctypes.c_uint32), ("cpu", ctypes.c_uint32), ("batch_size", ctypes.c_uint32),
+                ("pad", ctypes.c_uint32)]
 
 
 class _InfoAttr(ctypes.Structure):
@@ -79,6 +91,33 @@ def recursion_misses(fd):
     if filled < ProgInfo.recursion_misses.offset + 8:
         return None
     return info.recursion_misses
+
+
+def run_raw_tracepoint(prog_fd, args):
+    """Run a raw tracepoint program once with ctx->args = args (u64s, at most 12), in the calling thread
+    (BPF_PROG_TEST_RUN, Linux 5.10+). Returns its return value; raises OSError where the kernel refuses."""
+    ctx = (ctypes.c_uint64 * len(args))(*args)
+    attr = _TestRunAttr(prog_fd=prog_fd, ctx_in=ctypes.addressof(ctx), ctx_size_in=ctypes.sizeof(ctx))
+    err = _bpf(BPF_PROG_TEST_RUN, attr)
+    if err:
+        raise OSError(err, "BPF_PROG_TEST_RUN: " + os.strerror(err))
+    return attr.retval
+
+
+def keys(fd, key_size, most):
+    """The keys (bytes) of a hash map of at most `most` entries, one BPF_MAP_GET_NEXT_KEY a key. A key deleted
+    meanwhile makes the kernel start over from the first: bounded, and each key listed once."""
+    out = {}
+    key = ctypes.create_string_buffer(key_size)
+    nxt = ctypes.create_string_buffer(key_size)
+    attr = _ElemAttr(map_fd=fd, key=0, value=ctypes.addressof(nxt))
+    for _ in range(2 * most):
+        if _bpf(BPF_MAP_GET_NEXT_KEY, attr) != 0:
+            break
+        out[nxt.raw] = None
+        ctypes.memmove(key, nxt, key_size)
+        attr.key = ctypes.addressof(key)
+    return list(out)
 
 
 def _bpf(cmd, attr):

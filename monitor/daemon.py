@@ -16,12 +16,14 @@ from .aggregate import Aggregator
 from .cgroups import UnitResolver
 from .collector import ErrnoCollector
 from .drain import Drain
-from .listen_queue import ListenQueues
+from .listen_queue import KernelListeners, ListenQueues
 from .pods import PodResolver
 
 log = logging.getLogger("errnomon")
 EXPIRE_EVERY = 60.0
-LISTEN_POLL_EVERY = 5.0  # listener drop counters are cumulative: polling delays a count, never loses one
+# Listeners followed in the kernel have their drops counted at their close and at each poll (monitor/listen_queue.py);
+# on the fallback rung a poll only delays a count, but the drops after a listener's last poll are lost with it.
+LISTEN_POLL_EVERY = 5.0
 # A drain this large (a burst, or a loop that fell behind) leaves megabytes of freed memory that malloc keeps
 # for reuse, so the resident size would follow the largest burst ever seen: hand it back to the kernel.
 TRIM_AFTER = 4096
@@ -177,7 +179,8 @@ class Daemon:
         self.pods = PodResolver(self.config.pod_host_root)
         self.aggregator = Aggregator(self.config, unit_of=UnitResolver(), pod_of=self.pods.get)
         self.drain = Drain(self.programs, count_flags(self.config))
-        self.listen_queues = ListenQueues()
+        sweep = self.programs.listen_sweep
+        self.listen_queues = ListenQueues(kernel=KernelListeners(*sweep) if sweep else None)
         self.poll_listeners()  # the baseline: drops from before start-up are not ours
         self.registry.register(ErrnoCollector(self.aggregator, self._status))
         ProcessCollector(registry=self.registry)

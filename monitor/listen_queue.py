@@ -1,12 +1,23 @@
 """Listen-queue overflow per listener, from the kernel's own drop counter of each listening socket.
 
 When a listener's accept queue (or its SYN queue, without syncookies) is full, Linux drops the SYN or the
-final ACK silently and increments the listener's sk_drops along with the host-wide ListenDrops. No
-tracepoint fires there, so this polls the counter instead: a sock_diag dump of the LISTEN sockets with
-INET_DIAG_SKMEMINFO in every network namespace that has processes, a few times a minute. The counter is
-cumulative, so polling loses nothing; it only delays the count by one poll.
+final ACK silently and increments the listener's drop counter (sk_drops, ss -ltm's d<N>) along with the
+host-wide ListenDrops. No tracepoint fires there. Two ways to read the counter, cheapest first:
 
-Data flow: poll() -> decode.Event(metric="listen_drops") increments for the aggregator, like a drain.
+  1. In the kernel (KernelListeners): the programs follow every listening socket from listen() to its close
+     (bpf/errnomon.bpf.c, listen_socks) and count its drops at the close, so a short-lived listener's drops
+     and a listener's last ones are counted; a sweep every poll (the sweep_listeners program, run through
+     BPF_PROG_TEST_RUN over the followed sockets) counts those of listeners still open. Its cost grows with
+     the listeners, not with the processes or network namespaces of the host. Listeners older than errnomon
+     are not followed (no event told the programs about them): they are found once at start-up, in every
+     network namespace, and read by (2) in their namespaces only, until they close.
+  2. sock_diag (the fallback rung, where the kernel has no sk_drops in BTF or no inet_sock_set_state): a dump
+     of the LISTEN sockets with INET_DIAG_SKMEMINFO in every network namespace that has processes (found by
+     a scan of /proc), each poll. The counter is cumulative, so a poll only delays a count; but a listener's
+     drops after its last poll are lost with it, and one that lives between two polls is never seen.
+
+Data flow: the kernel's counts reach the aggregator through the drain like every other metric; poll()
+returns the sock_diag ones as decode.Event(metric="listen_drops") increments, like a drain.
 """
 
 import ctypes
@@ -17,7 +28,7 @@ import struct
 import threading
 from dataclasses import dataclass
 
-from . import cgroups, seed
+from . import abi, bpfmap, cgroups, seed
 from .decode import Event
 
 log = logging.getLogger("errnomon.listen")
@@ -66,17 +77,32 @@ def listeners_of(messages):
     return out
 
 
-def dump_listeners():
-    """Every TCP listener (IPv4 and IPv6) in the calling thread's network namespace."""
+def open_diag():
+    """A sock_diag socket of the calling thread's network namespace: it keeps reading that namespace wherever the
+    thread goes afterwards."""
     from pyroute2.netlink.diag import DiagSocket  # netlink by a well-kept library; imported on first poll
 
+    ds = DiagSocket()
+    ds.bind()
+    return ds
+
+
+def listeners_in(ds):
+    """Every TCP listener (IPv4 and IPv6) of the namespace a sock_diag socket belongs to."""
     out = []
-    with DiagSocket() as ds:
-        ds.bind()
-        for family in (socket.AF_INET, socket.AF_INET6):
-            out += listeners_of(ds.get_sock_stats(family=family, states=1 << TCP_LISTEN,
-                                                  extensions=1 << (INET_DIAG_SKMEMINFO - 1)))
+    for family in (socket.AF_INET, socket.AF_INET6):
+        out += listeners_of(ds.get_sock_stats(family=family, states=1 << TCP_LISTEN,
+                                              extensions=1 << (INET_DIAG_SKMEMINFO - 1)))
     return out
+
+
+def dump_listeners():
+    """Every TCP listener (IPv4 and IPv6) in the calling thread's network namespace."""
+    ds = open_diag()
+    try:
+        return listeners_in(ds)
+    finally:
+        ds.close()
 
 
 def _setns(fd):
@@ -99,33 +125,75 @@ def network_namespaces(proc=PROC):
     return spaces
 
 
+class KernelListeners:
+    """The listening sockets the programs follow (listen_socks): sweep() has the sweep_listeners program count
+    each one's drops since it last read them into the counts map, where the next drain finds them."""
+
+    BATCH = abi.DEFINES["LISTEN_SWEEP_BATCH"]
+    MOST = abi.DEFINES["LISTEN_SOCKETS"]
+
+    def __init__(self, map_fd, prog_fd):
+        self.map_fd = map_fd
+        self.prog_fd = prog_fd
+
+    def _keys(self):
+        return bpfmap.keys(self.map_fd, 8, self.MOST)
+
+    def sweep(self):
+        """Runs the program over every followed listener; returns how many there were."""
+        keys = [struct.unpack("=Q", k)[0] for k in self._keys()]
+        for i in range(0, len(keys), self.BATCH):
+            batch = keys[i:i + self.BATCH]
+            bpfmap.run_raw_tracepoint(self.prog_fd, batch + [0] * (self.BATCH - len(batch)))
+        return len(keys)
+
+    def cookies(self):
+        """The socket cookies of the followed listeners, as the last sweep read them (0s left out)."""
+        out = set()
+        for k in self._keys():
+            raw = bpfmap.lookup(self.map_fd, k, ctypes.sizeof(abi.ListenSock))
+            if raw:
+                cookie = abi.ListenSock.from_buffer_copy(raw).cookie
+                if cookie:
+                    out.add(cookie)
+        return out
+
+
 class ListenQueues:
-    """Polls every listener's drop counter; turns increases into listen_drops events.
+    """Reads listeners' drop counters with sock_diag; turns increases into listen_drops events.
 
     A listener seen at the first poll starts from the value it had then (drops before errnomon started are
     not ours to report); one that appears later counts from zero. Its owner is the process holding its
-    inode, looked up once per listener the way seeding does it (monitor/seed.py: the oldest holder)."""
+    inode, looked up once per listener the way seeding does it (monitor/seed.py: the oldest holder).
 
-    def __init__(self, dump=dump_listeners, spaces=network_namespaces, holders=None, process_of=None):
+    With kernel (a KernelListeners), the programs count every listener opened since start-up: the first poll
+    scans every namespace to find the older ones, and later polls read only those, through a sock_diag socket
+    kept in each namespace that still has one (which holds the namespace no longer than its listeners do),
+    then sweep the kernel's. Without, every poll scans every namespace (the fallback rung)."""
+
+    def __init__(self, dump=dump_listeners, spaces=network_namespaces, holders=None, process_of=None, kernel=None):
         cgroup2 = cgroups.cgroup2_mount()
         self.dump = dump
         self.spaces = spaces
         self.holders = holders or (lambda inodes: seed.socket_holders(inodes)[0])
         self.process_of = process_of or (lambda tgid: seed.process(tgid, cgroup2))
+        self.kernel = kernel
         self.seen = {}      # (netns, cookie) -> [last drops, Owner or None]
         self.first = True
         self.own_netns = os.stat("/proc/self/ns/net").st_ino
         self.failures = 0
         self.warned = None  # the last failure of our own namespace's dump that was logged
-        self.queues = []    # [(Owner, port, queued, limit)] of the last poll, for gauges
+        self.older = {}     # with kernel: netns -> cookies of its listeners older than errnomon, still open
+        self.held = {}      # with kernel: netns -> a sock_diag socket of it, for reading its older listeners
 
-    def _dump_in(self, netns, pids):
-        """The listeners of one namespace; entered through the first of its processes that still exists."""
-        if netns == self.own_netns:
-            return self.dump()
-        result, error = [], []
-
-        def run():  # setns changes the calling thread only: a throwaway thread keeps the daemon where it is
+    def _read(self, netns, pids):
+        """The listeners of one namespace: through its held sock_diag socket, else from the calling thread, which
+        it moves into that namespace (through the first of its processes that still exists) unless it is ours.
+        The first poll beside the programs keeps a socket of each namespace for the next polls."""
+        ds = self.held.get(netns)
+        if ds is not None:
+            return listeners_in(ds)
+        if netns != self.own_netns:
             for pid in pids:
                 try:
                     fd = os.open("%s/%d/ns/net" % (PROC, pid), os.O_RDONLY)
@@ -133,19 +201,42 @@ class ListenQueues:
                     continue
                 try:
                     _setns(fd)
-                    result.extend(self.dump())
-                    return
-                except Exception as e:  # noqa: BLE001 - reported once below, never fatal
-                    error.append(e)
-                    return
                 finally:
                     os.close(fd)
-        t = threading.Thread(target=run, name="listen-netns", daemon=True)
-        t.start()
-        t.join()
-        if error:
-            raise error[0]
-        return result
+                break
+            else:
+                raise OSError(3, "no process of netns %d left" % netns)
+        if self.kernel is None or not self.first:
+            return self.dump()
+        ds = self.held[netns] = open_diag()
+        return listeners_in(ds)
+
+    def _dump_all(self, spaces):
+        """{netns: [Listener] or the exception reading it raised}. Our own namespace and held ones are read here;
+        the others from one throwaway thread, which setns moves from one to the next (it changes the calling
+        thread only, so the daemon stays where it is)."""
+        out = {}
+
+        def read(items):
+            for netns, pids in items:
+                try:
+                    out[netns] = self._read(netns, pids)
+                except Exception as e:  # noqa: BLE001 - reported by poll(), never fatal
+                    out[netns] = e
+        here = [(n, p) for n, p in spaces.items() if n == self.own_netns or n in self.held]
+        read(here)
+        others = [(n, p) for n, p in spaces.items() if n != self.own_netns and n not in self.held]
+        if others:
+            t = threading.Thread(target=read, args=(others,), name="listen-netns", daemon=True)
+            t.start()
+            t.join()
+        return out
+
+    def _release(self, netns):
+        self.older.pop(netns, None)
+        ds = self.held.pop(netns, None)
+        if ds is not None:
+            ds.close()
 
     def _owners(self, listeners):
         """{inode: Process or None} of listeners seen for the first time: one scan of /proc for all."""
@@ -165,12 +256,17 @@ class ListenQueues:
             log.warning("listen queues not read (%s): listen drops are not counted while this lasts", text)
 
     def poll(self):
-        """[(Event, increase)] since the last poll."""
-        events, queues, current = [], [], {}
-        for netns, pids in self.spaces().items():
-            try:
-                listeners = self._dump_in(netns, pids)
-            except Exception as e:  # noqa: BLE001 - one namespace failing must not stop the others
+        """[(Event, increase)] since the last poll, from sock_diag; the kernel's own are counted by the sweep."""
+        if self.kernel is None or self.first:
+            spaces = self.spaces()
+        else:
+            spaces = {netns: () for netns in self.older}
+        events, current = [], {}
+        dumps = self._dump_all(spaces)
+        for netns, pids in spaces.items():
+            listeners = dumps.get(netns, RuntimeError("not read"))
+            if isinstance(listeners, Exception):  # one namespace failing must not stop the others
+                e = listeners
                 self.failures += 1
                 if netns == self.own_netns:
                     self._warn(e)
@@ -179,6 +275,13 @@ class ListenQueues:
                 # keep its listeners' last values: seen again, they must not count their history anew
                 current.update((k, v) for k, v in self.seen.items() if k[0] == netns)
                 continue
+            if self.kernel is not None:
+                if self.first:
+                    self.older[netns] = {l.cookie for l in listeners}
+                listeners = [l for l in listeners if l.cookie in self.older.get(netns, ())]
+                self.older[netns] = {l.cookie for l in listeners}
+                if not listeners:
+                    self._release(netns)
             owners = self._owners([l for l in listeners if (netns, l.cookie) not in self.seen])
             for l in listeners:
                 key = (netns, l.cookie)
@@ -190,10 +293,18 @@ class ListenQueues:
                 if l.drops > entry[0]:
                     events.append((self._event(owner, l.port), l.drops - entry[0]))
                 entry[0] = l.drops
-                queues.append((owner, l.port, l.queued, l.limit))
+        if self.kernel is not None:
+            self.kernel.sweep()
+            if self.first:
+                # opened after the programs were attached and before the scan: the programs count them
+                followed = self.kernel.cookies()
+                for netns in list(self.older):
+                    self.older[netns] -= followed
+                    if not self.older[netns]:
+                        self._release(netns)
+                current = {k: v for k, v in current.items() if k[1] not in followed}
         self.seen = current
         self.first = False
-        self.queues = queues
         return events
 
     @staticmethod

@@ -254,6 +254,13 @@ LAYOUT = {
     ("task_struct", "splice_pipe"): "a send error inside sendfile() is counted even when the call returned the "
                                     "bytes it had sent before it (op=\"send\" over-counts)",
     ("pipe_inode_info", "tail"): None,
+    # listen-queue drops: the listener's own drop counter, read by the programs at its close and by the daemon's
+    # sweeps (bpf/errnomon.bpf.c listen_socks); from 6.18 part of it may be kept per NUMA node
+    ("sock", "sk_drops"): "listen drops are read by polling every network namespace's listeners (sock_diag), "
+                          "and a listener's drops in its last poll interval are lost with it",
+    ("sock", "sk_drop_counters"): None,
+    ("numa_drop_counters", "drops0"): None,
+    ("numa_drop_counters", "drops1"): None,
 }
 BASES = {("sk_buff", "cb"), ("sock", "sk_error_queue")}  # members read only as the start of something else: any size
 # Members read whole as an unsigned integer of their own size: -D<NAME>=u8/u16/u32/u64.
@@ -496,6 +503,8 @@ def describe_choice(chosen, why):
 
 # the maps the daemon uses, in the order their fds are passed
 MAPS = ("counts", "drops", "settings", "seeded", "listeners", "wakeups")
+# compiled with listen_socks (OFF_SOCK_SK_DROPS and inet_sock_set_state): its map and the program that sweeps it
+LISTEN_SWEEP = "sweep_listeners"
 # bcc names of the function-hook programs: KFUNC_PROBE/KRETFUNC_PROBE (kfunc__vmlinux__ from bcc 0.23),
 # and the kprobes the child attaches itself (any other prefix would make bcc attach them on its own)
 _FUNCTION_PROGRAM = re.compile(r"^(kfunc|kretfunc|errnomon_kprobe|errnomon_entry|errnomon_return)__(?:vmlinux__)?(\w+)$")
@@ -526,12 +535,15 @@ class Programs:
     close() detaches."""
 
     def __init__(self, map_fds, attachment_fds, attached, formats, flags, prog_fds=None, ephemeral=(0, 0),
-                 legacy_kprobes=(), tracefs=None):
+                 legacy_kprobes=(), tracefs=None, listen_sweep=None):
         self.counts_fd, self._drops_fd, self._settings_fd = (map_fds[name] for name in MAPS[:3])
         self.seeded_fd, self.listeners_fd = map_fds["seeded"], map_fds["listeners"]  # monitor/seed.py
         self.wakeups_fd = map_fds["wakeups"]  # monitor/drain.py
         self.prog_fds = dict(prog_fds or {})  # probe name -> program fd
-        self._fds = list(map_fds.values()) + list(attachment_fds) + list(self.prog_fds.values())
+        # (listen_socks map fd, sweep_listeners program fd), or None where the kernel has no listen tracking
+        self.listen_sweep = listen_sweep
+        self._fds = list(map_fds.values()) + list(attachment_fds) + list(self.prog_fds.values()) + \
+            list(listen_sweep or ())
         self.attached = attached          # signal -> [(probe, attached)]
         self.formats = formats            # tracepoint -> format file text (None if missing)
         self.flags = flags
@@ -604,6 +616,11 @@ class FentryRefused(Exception):
     trampolines, or a security policy refuses them (this project's CI host does). Tried again without."""
 
 
+class SweepRefused(Exception):
+    """The kernel does not run the listener sweep (BPF_PROG_TEST_RUN of a raw tracepoint program, Linux 5.10):
+    compiled again without listen_socks, listen drops are read by sock_diag polls."""
+
+
 def _attachment_fds(bpf):
     fds = list(bpf.tracepoint_fds.values()) + list(bpf.raw_tracepoint_fds.values())
     fds += list(getattr(bpf, "kfunc_entry_fds", {}).values()) + list(getattr(bpf, "kfunc_exit_fds", {}).values())
@@ -655,11 +672,22 @@ def _compile_and_attach(sock, tracefs, flags, chosen):
                           for name, fn in bpf.funcs.items())
         programs = [(probe, fd) for probe, fd in programs if probe]
         fds = [bpf[name].get_fd() for name in MAPS] + attachments + [fd for _, fd in programs]
+        sweep = listen_tracking(flags)
+        if sweep:  # loaded, never attached: the daemon runs it (monitor/listen_queue.py)
+            prog = bpf.load_func(LISTEN_SWEEP.encode(), bcc.BPF.RAW_TRACEPOINT)
+            try:  # on no socket: it looks up nothing
+                bpfmap.run_raw_tracepoint(prog.fd, [0] * abi.DEFINES["LISTEN_SWEEP_BATCH"])
+            except OSError as e:  # before 5.10 raw tracepoint programs cannot be run so
+                raise SweepRefused(str(e))
+            fds += [bpf["listen_socks"].get_fd(), prog.fd]
         message = {"flags": flags, "programs": [p for p, _ in programs], "attachments": len(attachments),
+                   "listen_sweep": sweep,
                    "legacy": _legacy_kprobe_events(tracefs, os.getpid()),
                    "bcc": getattr(bcc, "__version__", "unknown")}
     except FentryRefused as e:
         fds, message = [], {"fentry_refused": str(e)}
+    except SweepRefused as e:
+        fds, message = [], {"sweep_refused": str(e)}
     except LoadError as e:
         fds, message = [], {"error": str(e)}
     except Exception as e:  # anything else must still reach the parent as one line
@@ -725,6 +753,14 @@ def load(tracefs, map_size, max_sockets, syscall_tracepoints=False, print_only=F
                                    syscall_tracepoints, families)
         why = {s: "fentry refused; " + w for s, w in why2.items()}
         message, fds = _run_child(tracefs, flags, chosen)
+    if "sweep_refused" in message:
+        log.warning("the kernel does not run the listener sweep (%s): listen drops are read by polling every "
+                    "network namespace's listeners, and a listener's drops in its last poll interval are lost "
+                    "with it", message["sweep_refused"])
+        layout = [f for f in layout if not f.startswith("-DOFF_SOCK_SK_DROPS=")]
+        chosen, _, flags = plan(tracefs, formats, kernel_btf, layout, map_size, max_sockets, syscall_tracepoints,
+                                families)
+        message, fds = _run_child(tracefs, flags, chosen)
     del kernel_btf  # the daemon keeps none of it
     if "error" in message:
         raise LoadError(message["error"])
@@ -739,10 +775,22 @@ def load(tracefs, map_size, max_sockets, syscall_tracepoints=False, print_only=F
         log.info("syscall tracepoints off (kernel.syscall_tracepoints): %s", PROBES["syscalls:sys_exit_connect"])
     map_fds = dict(zip(MAPS, fds[:len(MAPS)]))
     n = len(MAPS) + message["attachments"]
-    prog_fds = dict(zip(message["programs"], fds[n:]))
+    m = n + len(message["programs"])
+    prog_fds = dict(zip(message["programs"], fds[n:m]))
     attached = attachment_report(chosen, syscall_tracepoints)
-    return Programs(map_fds, fds[len(MAPS):n], attached, formats, message["flags"], prog_fds, ephemeral_ports(),
-                    message.get("legacy", ()), tracefs)
+    programs = Programs(map_fds, fds[len(MAPS):n], attached, formats, message["flags"], prog_fds, ephemeral_ports(),
+                        message.get("legacy", ()), tracefs, listen_sweep=tuple(fds[m:m + 2]) or None)
+    if not programs.listen_sweep and any(f.startswith("-DOFF_SOCK_SK_DROPS=") for f in layout):
+        # (without sk_drops in BTF the BTF warning above says so)
+        log.warning("no inet_sock_set_state tracepoint: listen drops are read by polling every network namespace's "
+                    "listeners, and a listener's drops in its last poll interval are lost with it")
+    return programs
+
+
+def listen_tracking(flags):
+    """Whether these compile flags build listen_socks and its sweep program."""
+    return any(f.startswith("-DOFF_SOCK_SK_DROPS=") for f in flags) and \
+        "-DHAVE_sock__inet_sock_set_state" in flags
 
 
 OLDEST_BCC = "0.18"

@@ -19,6 +19,7 @@ STRUCTS = {
     "errnomon_key": abi.Key,
     "errnomon_owner": abi.Owner,
     "errnomon_listener": abi.Listener,
+    "errnomon_listen_sock": abi.ListenSock,
     "errnomon_settings": abi.Settings,
 }
 
@@ -88,6 +89,7 @@ def test_known_sizes():
     # Pinned so a change to the map key (which resets every counter's identity) is deliberate.
     assert (ctypes.sizeof(abi.Key), ctypes.sizeof(abi.Owner), ctypes.sizeof(abi.Settings)) == (56, 48, 16)
     assert abi.GEN_OFFSET == 11
+    assert ctypes.sizeof(abi.ListenSock) == 64
 
 
 @pytest.mark.parametrize(
@@ -99,7 +101,8 @@ def test_known_sizes():
         ("COUNT_EAGAIN", 1), ("COUNT_EINTR", 2), ("COUNT_EINPROGRESS", 4),
         ("METRIC_SOCKET_ERRORS", 0), ("METRIC_SOCKET_ERROR_REPORTS", 1), ("METRIC_TCP_RESETS_RECEIVED", 2),
         ("METRIC_TCP_RESETS_SENT", 3), ("METRIC_TCP_FINS_SENT", 4), ("METRIC_SIGPIPE", 5),
-        ("METRIC_CONNECT_FAILURES", 6), ("METRIC_TCP_FINS_RECEIVED", 7), ("METRICS", 8), ("OWNER_CONNECTED", 1), ("OWNER_ACCEPTED", 2),
+        ("METRIC_CONNECT_FAILURES", 6), ("METRIC_TCP_FINS_RECEIVED", 7), ("METRIC_LISTEN_DROPS", 8), ("METRICS", 9),
+        ("LISTEN_SWEEP_BATCH", 12), ("OWNER_CONNECTED", 1), ("OWNER_ACCEPTED", 2),
         ("OWNER_AMBIGUOUS", 4), ("OWNER_ESTABLISHED", 8),
     ],
 )
@@ -123,7 +126,7 @@ def test_derived_tables():
     assert abi.SIGPIPE_ACTIONS == {1: "ignored", 2: "handled", 3: "killed"}
     assert abi.COUNT_FLAGS == {"EAGAIN": 1, "EINTR": 2, "EINPROGRESS": 4}
     assert abi.METRICS == ("socket_errors", "socket_error_reports", "tcp_resets_received", "tcp_resets_sent",
-                           "tcp_fins_sent", "sigpipe", "connect_failures", "tcp_fins_received")
+                           "tcp_fins_sent", "sigpipe", "connect_failures", "tcp_fins_received", "listen_drops")
     assert abi.COMM_LEN == 16
 
 

@@ -62,8 +62,8 @@ class Host:
         self.scans = []
         q = ListenQueues(dump=None, spaces=lambda: dict(self.pids), holders=self.holders,
                          process_of=lambda pid: Process(tgid=pid, comm=b"p%d" % pid, cgroup=pid * 10))
-        q.own_netns = -1  # every namespace goes through _dump_in's thread; replace the dump per namespace
-        q._dump_in = self._dump_in
+        q.own_netns = -1  # every namespace goes through the reading thread; replace the dump per namespace
+        q._read = self._dump_in
         return q
 
     def _dump_in(self, netns, pids):
@@ -150,7 +150,7 @@ def test_our_own_namespace_failing_is_one_warning_per_distinct_error(caplog):
     def dump_in(netns, pids):
         raise errors[netns]
 
-    q._dump_in = dump_in
+    q._read = dump_in
     with caplog.at_level("DEBUG", logger="errnomon.listen"):
         q.poll()
         q.poll()
@@ -175,3 +175,89 @@ def test_closed_listeners_are_forgotten():
     h.listeners = {1: []}
     q.poll()
     assert q.seen == {}
+
+
+class FakeKernel:
+    """KernelListeners as the programs would answer: the cookies of the listeners they follow."""
+
+    def __init__(self, cookies=()):
+        self.followed = set(cookies)
+        self.sweeps = 0
+
+    def sweep(self):
+        self.sweeps += 1
+        return len(self.followed)
+
+    def cookies(self):
+        return set(self.followed)
+
+
+def kernel_queues(h, kernel):
+    q = h.queues()
+    q.kernel = kernel
+    h.dumped = []
+    read = q._read
+
+    def counting(netns, pids):
+        h.dumped.append(netns)
+        return read(netns, pids)
+
+    q._read = counting
+    h.spaces_calls = 0
+    spaces = q.spaces
+
+    def counting_spaces():
+        h.spaces_calls += 1
+        return spaces()
+
+    q.spaces = counting_spaces
+    return q
+
+
+def test_with_the_kernel_following_listeners_only_older_ones_are_polled_and_only_where_they_are():
+    h = Host()
+    h.pids = {1: [10], 2: [20], 3: [30]}
+    h.fds = {10: {1001}, 20: {2001}}
+    h.listeners = {1: [listener(1, 5)], 2: [listener(2, 0, inode=2001)], 3: []}
+    k = FakeKernel()
+    q = kernel_queues(h, k)
+    assert q.poll() == []
+    assert h.spaces_calls == 1 and sorted(h.dumped) == [1, 2, 3]
+    # later polls: no /proc scan, only the namespaces that have an older listener; listeners opened since
+    # start-up are the programs' (never counted here, whatever their drops)
+    h.dumped = []
+    h.listeners = {1: [listener(1, 7), listener(50, 9)], 2: [listener(2, 3, inode=2001)], 3: [listener(60, 4)]}
+    assert increments(q.poll()) == [("p10", 8080, 10, 100, 2), ("p20", 8080, 20, 200, 3)]
+    assert h.spaces_calls == 1 and sorted(h.dumped) == [1, 2]
+    assert k.sweeps == 2
+    # namespace 2's older listener closed: it is read no more
+    h.dumped = []
+    h.listeners[2] = []
+    assert q.poll() == []
+    h.dumped = []
+    q.poll()
+    assert h.dumped == [1] and q.older == {1: {1}}
+
+
+def test_listeners_the_programs_follow_already_at_start_up_are_left_to_them():
+    """Opened between attaching and the start-up scan: both see them; the programs count them."""
+    h = Host()
+    h.pids = {1: [10]}
+    h.fds = {10: {1001, 1002}}
+    h.listeners = {1: [listener(1, 0), listener(2, 0, port=9090)]}
+    q = kernel_queues(h, FakeKernel(cookies={2}))
+    q.poll()
+    assert q.older == {1: {1}}
+    h.listeners = {1: [listener(1, 1), listener(2, 5, port=9090)]}
+    assert increments(q.poll()) == [("p10", 8080, 10, 100, 1)]
+
+
+def test_without_the_kernel_every_poll_scans_every_namespace():
+    h = Host()
+    h.pids = {1: [10]}
+    h.listeners = {1: [listener(1, 0)]}
+    q = kernel_queues(h, None)
+    q.poll()
+    h.listeners = {1: [listener(1, 0), listener(7, 2)]}
+    assert increments(q.poll()) == [("", 8080, 0, 0, 2)]
+    assert h.spaces_calls == 2
