@@ -123,6 +123,23 @@ def _gzipped(app, level=GZIP_LEVEL):
     return wrapped
 
 
+def _head_as_get(app):
+    """HEAD answered as GET without the body (RFC 9110, 9.3.2): the same status and headers, Content-Length
+    that of the body a GET gets. prometheus-client answers HEAD 405 with a body, and a body after a HEAD
+    response is read as the start of the next response on a kept-alive connection."""
+    def wrapped(environ, start_response):
+        if environ.get("REQUEST_METHOD") != "HEAD":
+            return app(environ, start_response)
+        answer = []
+        body = b"".join(app(dict(environ, REQUEST_METHOD="GET"),
+                            lambda status, headers, exc_info=None: answer.append((status, headers))))
+        status, headers = answer[-1]
+        start_response(status, [(k, v) for k, v in headers if k.lower() != "content-length"]
+                       + [("Content-Length", str(len(body)))])
+        return [b""]
+    return wrapped
+
+
 def _app(registry, path):
     """The telemetry path, '/' and 404 for the rest.
 
@@ -133,6 +150,7 @@ def _app(registry, path):
     metrics_app = _gzipped(make_wsgi_app(registry))
     landing = LANDING.format(path=path).encode()
 
+    @_head_as_get
     def app(environ, start_response):
         route = environ.get("PATH_INFO", "/")
         if route == path:

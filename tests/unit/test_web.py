@@ -90,6 +90,31 @@ def test_routes(registry, path):
         assert (status, ctype, body) == (404, "text/plain", "not found: metrics are at %s\n" % path)
 
 
+@pytest.mark.parametrize("route", ["/metrics", "/", "/nope"])
+def test_head_is_get_without_a_body_and_keep_alive_stays_in_step(registry, route):
+    """HEAD, then GET, on one kept-alive connection: the HEAD response has no body, so the GET's status line
+    is the next thing read (not "# HTTP 405 ..." left over from a body)."""
+    port = free_port()
+    with serving("127.0.0.1:%d" % port, "/metrics", registry):
+        status, _, body = get("http://127.0.0.1:%d%s" % (port, route))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(("HEAD %s HTTP/1.1\r\nHost: x\r\n\r\nGET %s HTTP/1.1\r\nHost: x\r\n\r\n"
+                       % (route, route)).encode())
+            f = s.makefile("rb")
+            answers = []
+            for method in ("HEAD", "GET"):
+                line = f.readline().decode()
+                headers = {}
+                for h in iter(f.readline, b"\r\n"):
+                    k, _, v = h.decode().partition(":")
+                    headers[k.strip().lower()] = v.strip()
+                length = int(headers["content-length"])
+                answers.append((line.split()[1], length, f.read(length).decode() if method == "GET" else None))
+    (head_status, head_length, _), (get_status, get_length, get_body) = answers
+    assert head_status == get_status == str(status)
+    assert get_body == body and head_length == get_length == len(body.encode())
+
+
 def test_ipv6_loopback(registry):
     try:
         port = free_port("::1", socket.AF_INET6)
