@@ -15,7 +15,7 @@
  * Where a kernel lacks the tracepoint of a signal, the loader picks the next rung of its hook ladder
  * (monitor/loader.py SIGNALS) and defines FEXIT_<function>=<its argument count> (ctx[n] is the return value),
  * FENTRY_<function>, KRETPROBE_<function> or KPROBE_<function>; the programs for those are at the end.
- * MAP_SIZE and MAX_SOCKETS size the maps. OFF_<STRUCT>_<FIELD>: byte offsets from BTF, absent without it.
+ * MAP_SIZE, MAX_SOCKETS (owners) and SEEDED_SOCKETS size the maps. OFF_<STRUCT>_<FIELD>: byte offsets from BTF, absent without it.
  */
 #include <uapi/linux/ptrace.h>
 #include <linux/socket.h>
@@ -60,7 +60,7 @@ BPF_TABLE("lru_hash", u64, struct errnomon_owner, owners, MAX_SOCKETS);
 BPF_TABLE("lru_hash", u16, struct errnomon_listener, listeners, 4096);
 /* Owners of the sockets that existed before errnomon started, by socket cookie: written once at start-up
  * (monitor/seed.py), read only when `owners` has no entry for a socket pointer (see owner_of). */
-BPF_TABLE("lru_hash", u64, struct errnomon_owner, seeded, MAX_SOCKETS);
+BPF_TABLE("lru_hash", u64, struct errnomon_owner, seeded, SEEDED_SOCKETS);
 BPF_TABLE("lru_hash", u32, u64, connects, 16384);          /* tid -> sockaddr of connect() in flight */
 struct generated {
     u64 ns;      /* when: a pipe's SIGPIPE must not be taken for a later socket's */

@@ -90,14 +90,15 @@ def main(argv=None):
         return fail(problem)
 
     try:
-        from . import loader, logs
+        from . import loader, logs, seed
     except OSError as e:  # the BPF header the ABI is read from is missing: a broken checkout or install
         return fail("cannot read errnomon's BPF sources (%s): reinstall errnomon or set ERRNOMON_BPF_DIR to "
                     "its bpf/ directory" % e)
     logs.setup(args.log_level, args.log_format)
     if args.ebpf:
         try:
-            flags = loader.load(loader.preflight(), config.map_size, config.max_sockets,
+            flags = loader.load(loader.preflight(), config.map_size, seed.table_sizes(
+                                    config.max_sockets, seed.tcp_sockets_allocated()),
                                 config.syscall_tracepoints, print_only=True, function_hooks=config.function_hooks)
         except loader.LoadError as e:
             return fail(str(e))

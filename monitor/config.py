@@ -84,7 +84,7 @@ class Config:
     ttl: float = 3600.0            # series.ttl seconds; 0 = keep forever
     count: frozenset = frozenset() # kernel.count: subset of {"EAGAIN", "EINTR", "EINPROGRESS"}
     map_size: int = 16384          # kernel.map_size (256..1048576)
-    max_sockets: int = 65536       # kernel.max_sockets (1024..4194304)
+    max_sockets: int = 0           # kernel.max_sockets (1024..4194304), 0: auto (from the host's sockets at start)
     drain_interval: float = 0.5    # kernel.drain_interval seconds (0.05..10)
     syscall_tracepoints: bool = False  # kernel.syscall_tracepoints: connect/accept exits (op=connect, accept)
     # kernel.function_hooks: where a tracepoint is missing (older kernels), the kernel-function hooks allowed
@@ -268,9 +268,14 @@ class _Parser:
         if "map_size" in kernel:
             fields["map_size"] = self.integer(kernel["map_size"], "kernel.map_size", 256, 1048576)
         if "max_sockets" in kernel:
-            fields["max_sockets"] = self.integer(
-                kernel["max_sockets"], "kernel.max_sockets", 1024, 4194304
-            )
+            value = kernel["max_sockets"]
+            if isinstance(value, str) and value.strip().lower() == "auto":
+                fields["max_sockets"] = 0
+            elif not _is_int(value):
+                raise self.error("kernel.max_sockets", "expected auto or a whole number between 1024 and 4194304, "
+                                 "got %s" % _describe(value))
+            else:
+                fields["max_sockets"] = self.integer(value, "kernel.max_sockets", 1024, 4194304)
         if "syscall_tracepoints" in kernel:
             fields["syscall_tracepoints"] = self.boolean(kernel["syscall_tracepoints"], "kernel.syscall_tracepoints")
         if "function_hooks" in kernel:

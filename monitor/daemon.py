@@ -45,6 +45,19 @@ def trim_heap():
         _TRIM(0)
 
 
+def socket_tables(max_sockets):
+    """(owner table entries, seeded table entries) for kernel.max_sockets (0: auto, logged)."""
+    sockets = seed.tcp_sockets_allocated()
+    owners, seeded = seed.table_sizes(max_sockets, sockets)
+    if not max_sockets:
+        log.info("kernel.max_sockets auto: %d (%s TCP sockets on the host at start)", owners,
+                 "unknown" if sockets is None else sockets)
+    if max_sockets and sockets and sockets > max_sockets:
+        log.warning("%d TCP sockets on the host but kernel.max_sockets is %d: owners will be evicted; raise it, "
+                    "or set it to auto", sockets, max_sockets)
+    return owners, seeded
+
+
 def count_flags(config):
     flags = 0
     for name in config.count:
@@ -163,10 +176,11 @@ class Daemon:
         tracefs = loader.preflight()
         self.registry = CollectorRegistry(auto_describe=True)  # so that ?name[]= finds the collector's metrics
         self.httpd = web.bind(self.listen_address, self.telemetry_path, self.registry, web.raise_file_limit())
+        self.tables = socket_tables(self.config.max_sockets)
         self.status("loading BPF programs")
         t0 = time.monotonic()
         try:
-            self.programs = loader.load(tracefs, self.config.map_size, self.config.max_sockets,
+            self.programs = loader.load(tracefs, self.config.map_size, self.tables,
                                         self.config.syscall_tracepoints, function_hooks=self.config.function_hooks)
         except loader.LoadError:
             self.httpd.server_close()
@@ -203,9 +217,10 @@ class Daemon:
             return
         log.info("seeded %d of %d existing TCP sockets (%d with their process) and %d listening ports in %.2fs",
                  r.owners, r.sockets, r.attributed, r.listeners, r.seconds)
-        if r.owners > self.config.max_sockets:
-            log.warning("%d existing sockets but kernel.max_sockets is %d: the owners of the oldest were "
-                        "evicted; raise kernel.max_sockets", r.owners, self.config.max_sockets)
+        if r.owners > self.tables[1]:
+            log.warning("%d existing sockets but the seeded owner table holds %d (kernel.max_sockets %s): the "
+                        "owners of the oldest were evicted; raise kernel.max_sockets, or leave it at auto",
+                        r.owners, self.tables[1], self.config.max_sockets or "auto")
         if r.denied:
             log.warning("could not read the fd tables of %d processes (permission denied: errnomon needs root or "
                         "CAP_SYS_PTRACE to see other users' sockets): their existing sockets carry no process "

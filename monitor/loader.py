@@ -309,9 +309,12 @@ def layout_flags(kernel_btf):
 
 
 def compile_flags(available, formats, map_size, max_sockets, layout=(), send_reset_arity=None, hooks=()):
-    """available: the tracepoints to compile programs for; send_reset_arity: arguments of the tcp_send_reset
-    raw tracepoint per BTF (None: unknown); hooks: the function-hook flags of hook_flags()."""
-    flags = ["-I" + abi.BPF_DIR, "-DMAP_SIZE=%d" % map_size, "-DMAX_SOCKETS=%d" % max_sockets,
+    """available: the tracepoints to compile programs for; max_sockets: the owner table's entries, or
+    (owners, seeded); send_reset_arity: arguments of the tcp_send_reset raw tracepoint per BTF (None: unknown);
+    hooks: the function-hook flags of hook_flags()."""
+    owners, seeded = max_sockets if isinstance(max_sockets, tuple) else (max_sockets, max_sockets)
+    flags = ["-I" + abi.BPF_DIR, "-DMAP_SIZE=%d" % map_size, "-DMAX_SOCKETS=%d" % owners,
+             "-DSEEDED_SOCKETS=%d" % seeded,
              "-w"]  # the generic headers bcc may be given warn by the hundred; errors still show
     for probe in sorted(available):
         flags.append("-DHAVE_" + probe.replace(":", "__"))

@@ -307,6 +307,39 @@ def plan(sockets, holder_of, process_of, ephemeral):
     return owners, listeners
 
 
+# ---- the tables' sizes ----------------------------------------------------------------------------------
+
+AUTO_LEAST, TABLE_MOST = 65536, 4194304
+SOCKSTAT = "/proc/net/sockstat"
+
+
+def tcp_sockets_allocated(path=SOCKSTAT):
+    """Full TCP sockets on the whole host, every network namespace ("TCP: ... alloc N" counts the kernel's
+    tcp_sockets_allocated, which is not per namespace; time-wait and request sockets are not in it).
+    None when unreadable."""
+    try:
+        with open(path) as f:
+            for line in f:
+                words = line.split()
+                if words[:1] == ["TCP:"] and "alloc" in words:
+                    return int(words[words.index("alloc") + 1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def table_sizes(max_sockets, sockets):
+    """(owners, seeded): the entries of the owner table and of the table of seeded owners.
+
+    max_sockets: kernel.max_sockets (0: auto); sockets: TCP sockets on the host now (None: unknown). Auto
+    sizes the owner table at twice the sockets open at start (at least AUTO_LEAST): room for as many again
+    before the least recently used are evicted. The seeded table only ever holds the sockets open at start,
+    less those the programs have seen since: a quarter more than there are, and never above the owners'."""
+    n = sockets or 0
+    owners = max_sockets or min(TABLE_MOST, max(AUTO_LEAST, -(-2 * n // 1024) * 1024))
+    return owners, min(owners, max(1024, n + n // 4 + 1024))
+
+
 # ---- all of it ------------------------------------------------------------------------------------------
 
 # sockets listed; records written to `seeded`, and how many of them name a process; listening ports;

@@ -45,7 +45,7 @@ def test_default_values():
     assert cfg.ttl == 3600.0
     assert cfg.count == frozenset()
     assert cfg.map_size == 16384
-    assert cfg.max_sockets == 65536
+    assert cfg.max_sockets == 0  # auto
     assert cfg.drain_interval == 0.5
 
 
@@ -348,6 +348,7 @@ def test_bool_wrong_type_exact():
         ("remote.ipv6_prefix", "remote: {ipv6_prefix: '/64'}", "got '/64' (str)"),
         ("kernel.map_size", "kernel: {map_size: false}", "got False (bool)"),
         ("kernel.max_sockets", "kernel: {max_sockets: {a: 1}}", "got {'a': 1} (mapping)"),
+        ("kernel.max_sockets", "kernel: {max_sockets: automatic}", "got 'automatic' (str)"),
     ],
 )
 def test_wrong_types(path, text, got):
@@ -396,6 +397,8 @@ def test_out_of_range(path, text, bounds):
         ("remote: {ipv6_prefix: 0}", "ipv6_prefix", 0),
         ("kernel: {map_size: 1048576}", "map_size", 1048576),
         ("kernel: {max_sockets: 1024}", "max_sockets", 1024),
+        ("kernel: {max_sockets: auto}", "max_sockets", 0),
+        ("kernel: {max_sockets: AUTO}", "max_sockets", 0),
     ],
 )
 def test_range_bounds_are_inclusive(text, field, value):

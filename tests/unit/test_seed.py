@@ -338,6 +338,7 @@ def start_daemon_seeding(monkeypatch, caplog, outcome):
     d = daemon_mod.Daemon.__new__(daemon_mod.Daemon)
     d.programs = FakePrograms()
     d.config = type("Config", (), {"max_sockets": 100})()
+    d.tables = (100, 100)
     with caplog.at_level("INFO"):
         d.seed_owners()
     return [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "errnomon"]
@@ -356,10 +357,31 @@ def test_seeding_result_is_logged_and_unreadable_processes_warned(monkeypatch, c
     assert logged[1] == ("INFO", "seeded 120 of 130 existing TCP sockets (90 with their process) and 3 listening "
                                  "ports in 0.25s")
     assert [lvl for lvl, _ in logged[2:]] == ["WARNING", "WARNING"]
-    assert "max_sockets is 100" in logged[2][1] and "fd tables of 2 processes" in logged[3][1]
+    assert "seeded owner table holds 100 (kernel.max_sockets 100)" in logged[2][1] and "fd tables of 2 processes" in logged[3][1]
 
 
 def test_plan_without_the_ephemeral_range():
     """(0, 0): net.ipv4.ip_local_port_range unreadable; a socket with no local listener is taken as connected."""
     owners, _ = seed.plan([sock(CLOSE_WAIT, 8080, 45000, 1, 100)], {100: 20}.get, P.get, (0, 0))
     assert as_tuple(owners[1]) == owner(20, b"app", 600, 45000, CONN)
+
+
+def test_tcp_sockets_allocated_counts_the_whole_host(tmp_path):
+    path = tmp_path / "sockstat"
+    path.write_text("sockets: used 9\nTCP: inuse 1 orphan 0 tw 50095 alloc 100004 mem 260\nUDP: inuse 0 mem 0\n")
+    assert seed.tcp_sockets_allocated(str(path)) == 100004
+    path.write_text("sockets: used 9\n")
+    assert seed.tcp_sockets_allocated(str(path)) is None
+    assert seed.tcp_sockets_allocated(str(tmp_path / "missing")) is None
+
+
+@pytest.mark.parametrize("configured, sockets, tables", [
+    (0, None, (65536, 1024)),          # auto, nothing known: the least
+    (0, 1000, (65536, 2274)),
+    (0, 100004, (200704, 126029)),     # twice the sockets, rounded up to 1024; seeded: a quarter more
+    (0, 3000000, (4194304, 3751024)),  # the most
+    (1024, 100004, (1024, 1024)),      # as configured: the seeded table never above it
+    (262144, 100004, (262144, 126029)),
+])
+def test_table_sizes(configured, sockets, tables):
+    assert seed.table_sizes(configured, sockets) == tables
