@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""errnomon benchmarks: hot path, error storm, scrape, footprint, real servers. Needs root, gcc, bpftrace, nginx,
+"""errnomon benchmarks: hot path, error storm, scrape, footprint, real servers, a busy node's idle cost. Needs root, gcc, bpftrace, nginx,
 redis, wrk (`make bench` installs them).
 
     .venv/bin/python bench/run.py                      # everything; rewrites docs/BENCHMARKS.md and docs/img/
@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 from common import REPO, log, machine_info, quiet_check, write_json  # noqa: E402
 
-BENCHMARKS = ("hotpath", "servers", "storm", "scrape", "footprint")
+BENCHMARKS = ("hotpath", "servers", "storm", "scrape", "footprint", "busy")
 
 
 def parse_args(argv):
@@ -109,6 +109,11 @@ def run_one(name, a, build):
             return footprint.run(a.out, build, churn_seconds=a.churn_seconds, starts=1, sample_every=1.0,
                                  profile=False, idle_seconds=2.0)
         return footprint.run(a.out, build, churn_seconds=a.churn_seconds)
+    if name == "busy":
+        import busy
+        if a.quick:
+            return busy.run(a.out, build, rounds=1, seconds=2.0, settle=1.0, processes=50, netns=5)
+        return busy.run(a.out, build)
     raise ValueError(name)
 
 

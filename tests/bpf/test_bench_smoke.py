@@ -39,7 +39,7 @@ def test_bench_quick(tmp_path, monkeypatch):
         assert key in machine, key
     summary = load("summary")
     assert summary["failed"] == []
-    assert set(summary["benchmarks"]) == {"hotpath", "servers", "storm", "scrape", "footprint"}
+    assert set(summary["benchmarks"]) == {"hotpath", "servers", "storm", "scrape", "footprint", "busy"}
 
     hot = load("hotpath")
     for size in ("64", "16384"):
@@ -102,6 +102,11 @@ def test_bench_quick(tmp_path, monkeypatch):
     assert foot["listen_poll_hot_ms"] > 0
     assert isinstance(load("machine")["damon"], list)
     assert len(servers["daemon_cpu"]) == 1 and "counted" in servers["daemon_cpu"][0], servers["daemon_cpu"]
+
+    busy = load("busy")
+    assert [r["config"] for r in busy["table"]] == ["idle host", "+50 processes", "+5 netns, before", "+5 netns, after"]
+    assert all(len(r["samples"]) == 1 and r["cpu_fraction_median"] > 0 for r in busy["table"]), busy["table"]
+    assert len(busy["checks"]) == 2
 
     # --quick leaves the docs alone
     assert (os.path.getmtime(DOC) if os.path.exists(DOC) else None) == doc_mtime
