@@ -208,8 +208,14 @@ class ListenQueues:
                 raise OSError(3, "no process of netns %d left" % netns)
         if self.kernel is None or not self.first:
             return self.dump()
-        ds = self.held[netns] = open_diag()
-        return listeners_in(ds)
+        ds = open_diag()
+        try:
+            listeners = listeners_in(ds)
+        except BaseException:
+            ds.close()
+            raise
+        self.held[netns] = ds
+        return listeners
 
     def _dump_all(self, spaces):
         """{netns: [Listener] or the exception reading it raised}. Our own namespace and held ones are read here;
@@ -276,9 +282,8 @@ class ListenQueues:
                 current.update((k, v) for k, v in self.seen.items() if k[0] == netns)
                 continue
             if self.kernel is not None:
-                if self.first:
-                    self.older[netns] = {l.cookie for l in listeners}
-                listeners = [l for l in listeners if l.cookie in self.older.get(netns, ())]
+                if not self.first:  # only the older listeners: the programs count the others
+                    listeners = [l for l in listeners if l.cookie in self.older.get(netns, ())]
                 self.older[netns] = {l.cookie for l in listeners}
                 if not listeners:
                     self._release(netns)
