@@ -237,6 +237,13 @@ static __always_inline void peer_from_sock(struct errnomon_key *key, void *sk, u
         return;
     bpf_probe_read_kernel(&dport, 2, sk + 12);
     bpf_probe_read_kernel(&lport, 2, sk + 14);
+#ifdef OFF_INET_SOCK_INET_SPORT
+    if (!lport) {
+        /* the bound port already put back (an aborting close: CLOSE, then the reset): the socket's own copy */
+        bpf_probe_read_kernel(&lport, 2, sk + OFF_INET_SOCK_INET_SPORT);
+        lport = ntohs(lport);
+    }
+#endif
     key->family = family;
     key->port = service_port(lport, ntohs(dport));
 }

@@ -256,6 +256,9 @@ LAYOUT = {
     ("pipe_inode_info", "tail"): None,
     # listen-queue drops: the listener's own drop counter, read by the programs at its close and by the daemon's
     # sweeps (bpf/errnomon.bpf.c listen_socks); from 6.18 part of it may be kept per NUMA node
+    # a socket's own port, kept in inet_sport when the kernel has already released the bound one (skc_num 0:
+    # a reset sent by close() with SO_LINGER {1, 0}, after tcp_set_state(CLOSE) put the port back)
+    ("inet_sock", "inet_sport"): "resets sent by aborting closes of sockets without an owner entry carry no port",
     ("sock", "sk_drops"): "listen drops are read by polling every network namespace's listeners (sock_diag), "
                           "and a listener's drops in its last poll interval are lost with it",
     ("sock", "sk_drop_counters"): None,
