@@ -105,7 +105,9 @@ def test_bench_quick(tmp_path, monkeypatch):
 
     busy = load("busy")
     assert [r["config"] for r in busy["table"]] == ["idle host", "+50 processes", "+5 netns, before", "+5 netns, after"]
-    assert all(len(r["samples"]) == 1 and r["cpu_fraction_median"] > 0 for r in busy["table"]), busy["table"]
+    # an idle daemon may not wake at all in a 2 s window: its CPU can be exactly 0
+    assert all(len(r["samples"]) == 1 and r["samples"][0]["seconds"] >= 2.0 and r["cpu_fraction_median"] >= 0
+               for r in busy["table"]), busy["table"]
     assert len(busy["checks"]) == 2
 
     # --quick leaves the docs alone

@@ -5,6 +5,7 @@ what tests/bpf/many_connections.py itself aborted (SO_LINGER {1, 0}), per servic
 """
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -75,7 +76,6 @@ def free_ports(n):
 
 
 def _free(port):
-    import socket
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", port))
