@@ -4,7 +4,8 @@ import platform
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from . import __version__
+from . import __version__, exposition
+from .aggregate import METRIC_LABELS
 
 HELP = {
     "socket_errors": "Errors that socket system calls returned to applications (op: send, recv, connect, accept).",
@@ -23,22 +24,31 @@ HELP = {
 
 
 class ErrnoCollector:
-    def __init__(self, aggregator, status):
+    def __init__(self, aggregator, status, slice_size=exposition.SLICE):
         """status: a callable returning {'attached': {signal: [(probe, bool)]}, 'drops': {metric: n},
         'missed': {probe: n}}."""
         self.aggregator = aggregator
         self.status = status
+        self.slice_size = slice_size
 
     def describe(self):
         return []  # created at scrape time; nothing to check at registration
 
     def collect(self):
-        series, overflow = self.aggregator.snapshot()
-        for metric, (names, rows) in series.items():
-            family = CounterMetricFamily("errnomon_" + metric, HELP[metric], labels=names)
-            for values, value in rows:
-                family.add_metric(values, value)
-            yield family
+        """Families built as they are asked for; a metric's series in families of at most `slice_size`
+        (one name, consecutive: monitor/exposition.py writes them as one), so a scrape never holds every
+        sample object at once."""
+        counts = {}
+        for metric in METRIC_LABELS:
+            names, rows = self.aggregator.rows(metric)
+            counts[metric] = len(rows)
+            for start in range(0, max(1, len(rows)), self.slice_size):
+                family = CounterMetricFamily("errnomon_" + metric, HELP[metric], labels=names)
+                for values, value in rows[start:start + self.slice_size]:
+                    family.add_metric(values, value)
+                yield family
+            del rows
+        overflow = self.aggregator.overflow_counts()
 
         status = self.status()
         attached = GaugeMetricFamily("errnomon_probe_attached",
@@ -74,8 +84,8 @@ class ErrnoCollector:
 
         count = GaugeMetricFamily("errnomon_series", "Series each errnomon metric currently exports.",
                                   labels=["metric"])
-        for metric, (_, rows) in series.items():
-            count.add_metric(["errnomon_%s_total" % metric], len(rows))
+        for metric, n in counts.items():
+            count.add_metric(["errnomon_%s_total" % metric], n)
         yield count
 
         info = GaugeMetricFamily("errnomon_build_info", "errnomon version and the kernel it runs on.",

@@ -29,14 +29,29 @@ LISTEN_POLL_EVERY = 5.0
 TRIM_AFTER = 4096
 
 
-def _malloc_trim():
+# glibc gives each thread that allocates its own malloc arena (up to 8 per core): a scrape's transient memory,
+# built in whichever HTTP worker runs it, then stayed resident once per worker. Two arenas held the RssAnon of
+# a 60,000-series daemon flat at 59 MiB over repeated scrapes, where the default climbed past 74 MiB
+# (docs/BENCHMARKS.md, Memory).
+M_ARENA_MAX = -8
+MALLOC_ARENAS = 2
+
+
+def _glibc(name):
     try:
-        return ctypes.CDLL(None).malloc_trim  # glibc
+        return getattr(ctypes.CDLL(None), name)  # glibc
     except (OSError, AttributeError):
         return None
 
 
-_TRIM = _malloc_trim()
+_TRIM = _glibc("malloc_trim")
+_MALLOPT = _glibc("mallopt")
+
+
+def limit_malloc_arenas(arenas=MALLOC_ARENAS):
+    """Cap glibc's malloc arenas (before the threads start); a no-op elsewhere."""
+    if _MALLOPT is not None:
+        _MALLOPT(M_ARENA_MAX, arenas)
 
 
 def trim_heap():
@@ -174,6 +189,7 @@ class Daemon:
         Privileges and the listen address are checked before anything is logged, so that each of those
         failures is a single line."""
         tracefs = loader.preflight()
+        limit_malloc_arenas()
         self.registry = CollectorRegistry(auto_describe=True)  # so that ?name[]= finds the collector's metrics
         self.httpd = web.bind(self.listen_address, self.telemetry_path, self.registry, web.raise_file_limit())
         self.tables = socket_tables(self.config.max_sockets)

@@ -715,8 +715,13 @@ def _run_child(tracefs, flags, chosen):
         data, fds, _, _ = socket.recv_fds(parent, 1 << 16, 256)
     finally:
         parent.close()
-        os.waitpid(pid, 0)
+        _, status = os.waitpid(pid, 0)
     if not data:
+        if os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9:
+            raise LoadError("the process compiling the BPF programs was killed (SIGKILL), most likely by the "
+                            "out-of-memory killer: bcc's compile needs about 100 MiB beyond the daemon's own "
+                            "memory at start-up (docs/BENCHMARKS.md, Memory): raise the memory limit "
+                            "(systemd MemoryMax=, the pod's limits.memory)")
         raise LoadError("the process compiling the BPF programs died: see the messages above")
     return json.loads(data), fds
 

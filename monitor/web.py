@@ -1,23 +1,24 @@
-"""HTTP: prometheus-client's WSGI app for the telemetry path, a landing page at /, served by waitress.
+"""HTTP: the telemetry path (streamed, monitor/exposition.py), a landing page at /, served by waitress.
 
 The server must survive idle, slow and many clients. waitress does that with what it already has: one
 event loop owns every connection (an idle or slow client costs a file descriptor, never a thread), a
 fixed pool of worker threads runs only complete requests, connections that make no progress for
 IDLE_TIMEOUT are closed, at most max_connections are open at once (the rest wait in the listen queue),
-and the listen backlog is BACKLOG. prometheus-client still builds every response (text or OpenMetrics);
-errnomon gzips it, when asked, at GZIP_LEVEL.
+and the listen backlog is BACKLOG. A scrape's body leaves as it is written, without a Content-Length
+(chunked in HTTP/1.1); past 1 MiB waitress spools what the client has not read yet to a temporary file,
+not to memory.
 """
 
-import gzip
 import logging
 import resource
 import socket
 import threading
 from urllib.parse import parse_qs
 
-from prometheus_client import make_wsgi_app
 from waitress import wasyncore
 from waitress.server import create_server
+
+from . import exposition
 
 log = logging.getLogger("errnomon.web")
 # waitress warns on every request that waits for a worker: under many scrapers that is noise, not news
@@ -104,23 +105,27 @@ def _gzip_accepted(header):
     return any(e.split(";")[0].strip().lower() == "gzip" for e in (header or "").split(","))
 
 
-def _gzipped(app, level=GZIP_LEVEL):
-    """`app` answering gzipped at `level` when the client accepts gzip (the app itself is not asked to)."""
-    def wrapped(environ, start_response):
-        if not _gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING")):
-            return app(environ, start_response)
-        environ = dict(environ)
-        del environ["HTTP_ACCEPT_ENCODING"]
-        answer = []
-        body = b"".join(app(environ, lambda status, headers, exc_info=None: answer.append((status, headers))))
-        status, headers = answer[-1]
-        if status.startswith("200 ") and body:
-            body = gzip.compress(body, compresslevel=level)
-            headers = [(k, v) for k, v in headers if k.lower() not in ("content-length", "content-encoding")]
-            headers += [("Content-Encoding", "gzip"), ("Content-Length", str(len(body)))]
-        start_response(status, headers)
-        return [body]
-    return wrapped
+def _metrics_app(registry):
+    """GET (and OPTIONS) of the telemetry path: the body streamed (monitor/exposition.py), in the format
+    the Accept header asks for, gzipped at GZIP_LEVEL when the client accepts gzip."""
+    def app(environ, start_response):
+        method = environ.get("REQUEST_METHOD")
+        if method == "OPTIONS":
+            start_response("200 OK", [("Allow", "OPTIONS,GET,HEAD"), ("Content-Length", "0")])
+            return [b""]
+        if method != "GET":
+            start_response("405 Method Not Allowed", [("Allow", "OPTIONS,GET,HEAD"),
+                                                      ("Content-Type", "text/plain; charset=utf-8")])
+            return [("%s is not answered here: use GET or HEAD\n" % ascii(method)).encode()]
+        params = parse_qs(environ.get("QUERY_STRING", ""))
+        source = registry.restricted_registry(params["name[]"]) if "name[]" in params else registry
+        gzipped = _gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING"))
+        content_type, body = exposition.content(source, environ.get("HTTP_ACCEPT"),
+                                                GZIP_LEVEL if gzipped else None)
+        start_response("200 OK", [("Content-Type", content_type)]
+                       + ([("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding")] if gzipped else []))
+        return body
+    return app
 
 
 def _head_as_get(app):
@@ -131,11 +136,11 @@ def _head_as_get(app):
         if environ.get("REQUEST_METHOD") != "HEAD":
             return app(environ, start_response)
         answer = []
-        body = b"".join(app(dict(environ, REQUEST_METHOD="GET"),
-                            lambda status, headers, exc_info=None: answer.append((status, headers))))
+        length = sum(len(piece) for piece in app(  # counted as it streams, not held
+            dict(environ, REQUEST_METHOD="GET"), lambda status, headers, exc_info=None: answer.append((status, headers))))
         status, headers = answer[-1]
         start_response(status, [(k, v) for k, v in headers if k.lower() != "content-length"]
-                       + [("Content-Length", str(len(body)))])
+                       + [("Content-Length", str(length))])
         return [b""]
     return wrapped
 
@@ -147,7 +152,7 @@ def _app(registry, path):
     does not export is answered 400, not with an empty body: an empty 200 would look to Prometheus like
     every series had gone, a 400 shows as a failed scrape (up == 0) that says why.
     """
-    metrics_app = _gzipped(make_wsgi_app(registry))
+    metrics_app = _metrics_app(registry)
     landing = LANDING.format(path=path).encode()
 
     @_head_as_get
