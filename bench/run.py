@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 from common import REPO, log, machine_info, quiet_check, write_json  # noqa: E402
 
-BENCHMARKS = ("hotpath", "servers", "storm", "scrape", "footprint", "busy")
+BENCHMARKS = ("hotpath", "servers", "storm", "scrape", "footprint", "busy", "memory")
 
 
 def parse_args(argv):
@@ -114,6 +114,11 @@ def run_one(name, a, build):
         if a.quick:
             return busy.run(a.out, build, rounds=1, seconds=2.0, settle=1.0, processes=50, netns=5)
         return busy.run(a.out, build)
+    if name == "memory":
+        import memory
+        if a.quick:
+            return memory.run(a.out, peers=(300,), scrapes=2, small_limit=None)
+        return memory.run(a.out)
     raise ValueError(name)
 
 

@@ -39,7 +39,8 @@ def test_bench_quick(tmp_path, monkeypatch):
         assert key in machine, key
     summary = load("summary")
     assert summary["failed"] == []
-    assert set(summary["benchmarks"]) == {"hotpath", "servers", "storm", "scrape", "footprint", "busy"}
+    assert set(summary["benchmarks"]) == {"hotpath", "servers", "storm", "scrape", "footprint", "busy",
+                                         "memory"}
 
     hot = load("hotpath")
     for size in ("64", "16384"):
@@ -109,6 +110,13 @@ def test_bench_quick(tmp_path, monkeypatch):
     assert all(len(r["samples"]) == 1 and r["samples"][0]["seconds"] >= 2.0 and r["cpu_fraction_median"] >= 0
                for r in busy["table"]), busy["table"]
     assert len(busy["checks"]) == 2
+
+    memory = load("memory")
+    (run,) = memory["runs"]
+    # exact: the daemon's sum over 300 peers against the connects the benchmark saw refused
+    assert run["refused"] == 300 and run["exact"] and run["alive"], run
+    assert len(run["scrapes"]) == 2 and all(s["rss_anon_mib"] > 0 and s["peak_mib"] > 0 for s in run["scrapes"])
+    assert memory["small_limit"] is None and memory["checks"]["exact"]["ok"]
 
     # --quick leaves the docs alone
     assert (os.path.getmtime(DOC) if os.path.exists(DOC) else None) == doc_mtime
