@@ -17,7 +17,6 @@ import resource
 import socket
 import ssl
 import threading
-import time
 from urllib.parse import parse_qs
 
 from prometheus_client import make_wsgi_app
@@ -259,11 +258,19 @@ class TLSServer(Server):
 
     def _run(self):
         loop = self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)  # this thread's: Python 3.9's asyncio looks it up
         loop.set_exception_handler(_log_loop_error)
         self.accepting = loop.create_task(self._accept())
         self.ready.set()
         try:
             loop.run_forever()
+            # shutdown() aborted every link: let their connection_lost callbacks run, end what still waits
+            loop.run_until_complete(asyncio.sleep(0.05))
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         finally:
             loop.close()
 
