@@ -292,3 +292,21 @@ def test_basic_auth_and_headers_on_plain_http(certs, registry):
         assert (rc, status, headers["x-frame-options"]) == (0, 401, "deny")
         rc, status, headers, body, _ = curl(certs, "http://%s/metrics" % address, cert=None)
         assert (rc, status, headers["x-frame-options"]) == (0, 200, "deny") and BODY_LINE in body
+
+
+def test_a_tls_port_refuses_connects_until_it_serves(certs, registry):
+    """Bound at bind() (a busy address fails early), listening from start(): the DaemonSet's TCP probes
+    connect only once errnomon serves."""
+    path = certs.path("tlsh-web.yml")
+    with open(path, "w") as f:
+        f.write(MTLS.format(hash=hashed()))
+    port = free_port()
+    httpd = web.bind("127.0.0.1:%d" % port, "/metrics", registry, None, webconfig.Watcher(webconfig.load(path)))
+    try:
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        web.start(httpd)
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

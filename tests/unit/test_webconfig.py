@@ -338,3 +338,17 @@ def test_allowed_san_compares_go_string_forms():
         assert webconfig.allowed_san(cert, frozenset({name}))
     assert not webconfig.allowed_san(cert, frozenset({"ignored", "b.example"}))
     assert not webconfig.allowed_san(None, frozenset({"a.example"}))
+
+
+def test_the_deploy_example_loads_beside_its_certificates(certs, tmp_path):
+    """deploy/web-config.yml, with the PEM files it names beside it (as systemd's credentials directory and
+    the Kubernetes Secret lay them out): valid, and its example user's password is the one it says."""
+    import bcrypt
+    import shutil
+    for source, target in (("server.crt", "tls.crt"), ("server.key", "tls.key"), ("ca.crt", "ca.crt")):
+        shutil.copy(certs.path(source), tmp_path / target)
+    shutil.copy(os.path.join(REPO, "deploy", "web-config.yml"), tmp_path / "web-config.yml")
+    c = webconfig.load(str(tmp_path / "web-config.yml"))
+    assert c.describe() == "TLS (client certificates: RequireAndVerifyClientCert), basic auth for 1 users"
+    assert c.http2 is False
+    assert bcrypt.checkpw(b"change-me", c.users["prometheus"])
