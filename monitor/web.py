@@ -416,6 +416,9 @@ class _Link:
         except asyncio.CancelledError:
             self.abort()
             raise
+        except Exception as e:  # noqa: BLE001 - whatever it is, the link ends and its place is given back
+            log.warning("TLS client %s: %s: %s", self.addr[0], type(e).__name__, e)
+            return self.abort()
         if self.closing:
             return self.abort()
         self.client.attach(self.pair)

@@ -501,22 +501,24 @@ class Guard:
         def start(status, headers, exc_info=None):
             return start_response(status, list(headers) + extra, exc_info)
 
+        head = environ.get("REQUEST_METHOD") == "HEAD"
         limiter = self._limiter(config.rate_limit)
         if limiter is not None and not limiter.allow():
-            return _error(start, "429 Too Many Requests", [])
+            return _error(start, "429 Too Many Requests", [], head)
         if not config.users:
             return self.app(environ, start)
         credentials = _basic_auth(environ.get("HTTP_AUTHORIZATION", ""))
         if credentials is not None and self._verified(config.users, *credentials):
             return self.app(environ, start)
-        return _error(start, "401 Unauthorized", [("WWW-Authenticate", "Basic")])
+        return _error(start, "401 Unauthorized", [("WWW-Authenticate", "Basic")], head)
 
 
-def _error(start, status, headers):
+def _error(start, status, headers, head):
+    """A plain-text error; for HEAD without its body (as web._head_as_get: a kept-alive connection stays in step)."""
     body = status.split(" ", 1)[1].encode() + b"\n"
     start(status, headers + [("Content-Type", "text/plain; charset=utf-8"), ("X-Content-Type-Options", "nosniff"),
                              ("Content-Length", str(len(body)))])
-    return [body]
+    return [b""] if head else [body]
 
 
 def _basic_auth(header):

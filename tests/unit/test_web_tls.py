@@ -110,6 +110,13 @@ def test_head_answers_like_get_without_a_body(certs, registry):
         rc, status, headers, body, _ = curl(certs, url, "-I")
         assert (rc, status, body) == (0, 200, "")
         assert headers["content-length"] == get_headers["content-length"] == str(len(get_body.encode()))
+        # unauthorized, twice on one kept-alive connection: each 401 without a body, so the second is read
+        # as a response of its own (curl -I with two URLs reuses the connection)
+        r = subprocess.run(["curl", "-sS", "-I", "--max-time", "10", "--cacert", certs.path("ca.crt"),
+                            "--cert", certs.path("client.crt"), "--key", certs.path("client.key"), url, url],
+                           capture_output=True, timeout=15)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.count(b"HTTP/1.1 401 Unauthorized\r\n") == 2 and b"Unauthorized\n" not in r.stdout
 
 
 def test_plain_http_on_the_tls_port_is_answered_400_and_closed(certs, registry):

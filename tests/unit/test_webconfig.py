@@ -255,8 +255,8 @@ def test_watcher_rereads_a_rotated_certificate(certs):
 # the middleware
 
 
-def call(app, authorization=None):
-    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics"}
+def call(app, authorization=None, method="GET"):
+    environ = {"REQUEST_METHOD": method, "PATH_INFO": "/metrics"}
     if authorization is not None:
         environ["HTTP_AUTHORIZATION"] = authorization
     answer = {}
@@ -292,6 +292,8 @@ def test_basic_auth(certs):
     assert call(app, basic("alice", PASSWORD)) == (
         "200 OK", {"Content-Type": "text/plain", "X-Content-Type-Options": "nosniff"}, b"metrics\n")
     assert call(app, "basic " + basic("alice", PASSWORD).split()[1])[0] == "200 OK"  # the scheme is case-blind
+    # HEAD: the same status and headers, no body (a body would be read as the next response)
+    assert call(app, method="HEAD") == unauthorized[:2] + (b"",)
 
 
 def test_verified_passwords_are_cached(certs, monkeypatch):
