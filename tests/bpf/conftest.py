@@ -68,6 +68,8 @@ class Daemon:
     """`args`: more flags; `port`: the metrics port (default: a free one); `scheme`, `ssl_context` and
     `headers`: how scrape() reaches it (a web config's TLS and basic auth)."""
 
+    ssl_context, headers = None, {}  # plain HTTP, also for subclasses with an __init__ of their own
+
     def __init__(self, tmp_path, config_text=TEST_CONFIG, name="errnomon", env=None, args=(), port=None,
                  scheme="http", ssl_context=None, headers=None):
         self.config = tmp_path / (name + ".yaml")
