@@ -11,6 +11,7 @@ from .logs import escape_controls
 EXAMPLES = """examples:
   errnomon --config.file=/etc/errnomon/config.yaml
   errnomon --web.listen-address=127.0.0.1:9779 --log.level=debug
+  errnomon --web.config.file=/etc/errnomon/web.yml     # TLS, client certificates, basic auth
   errnomon --config.check --config.file=config.example.yaml
   curl -s localhost:9779/metrics | grep errnomon_socket_errors_total
   errnomon top [--url http://127.0.0.1:9779/metrics] [--interval 1]   # live view of a running errnomon
@@ -37,9 +38,13 @@ def build_parser():
     p.add_argument("--config.file", dest="config_file", default="/etc/errnomon/config.yaml",
                    help="YAML config file (default: %(default)s)")
     p.add_argument("--config.check", dest="config_check", action="store_true",
-                   help="validate the config file and exit")
+                   help="validate the config file (and the web config file, if given) and exit")
     p.add_argument("--web.listen-address", dest="listen_address", default=":9779",
-                   help="address to serve metrics on (default: %(default)s)")
+                   help="address to serve metrics on (default: %(default)s, every interface: anyone who can "
+                        "reach the host can read the metrics; use 127.0.0.1:9779, or --web.config.file)")
+    p.add_argument("--web.config.file", dest="web_config_file", default="",
+                   help="exporter-toolkit web config file: TLS, client certificates, basic auth (bcrypt), "
+                        "headers, rate limit; re-read when it or its files change (default: none, plain HTTP)")
     p.add_argument("--web.telemetry-path", dest="telemetry_path", default="/metrics",
                    help="path of the metrics (default: %(default)s)")
     p.add_argument("--log.level", dest="log_level", default="info", choices=["debug", "info", "warn", "error"],
@@ -80,10 +85,16 @@ def main(argv=None):
         return fail(problem)
     try:
         config = config_mod.load(args.config_file)
+        web_config = None
+        if args.web_config_file:
+            from . import webconfig
+            web_config = webconfig.load(args.web_config_file)
     except config_mod.ConfigError as e:
         return fail(str(e))
     if args.config_check:
         print("errnomon: config %s is valid" % args.config_file)
+        if web_config is not None:
+            print("errnomon: web config %s is valid: %s" % (args.web_config_file, web_config.describe()))
         return 0
     problem = check_bpf_dir()
     if problem:
@@ -112,7 +123,7 @@ def main(argv=None):
         return fail(str(e))
 
     from .daemon import Daemon
-    daemon = Daemon(config, args.config_file, args.listen_address, args.telemetry_path)
+    daemon = Daemon(config, args.config_file, args.listen_address, args.telemetry_path, web_config)
     try:
         daemon.start()
     except (loader.LoadError, web.ListenError) as e:

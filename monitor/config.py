@@ -557,13 +557,18 @@ def _yaml_error(source: str, exc: yaml.YAMLError) -> ConfigError:
 
 def parse(text: str, source: str = "<config>") -> Config:
     """Parse and validate config ``text``; ``source`` prefixes every error message."""
+    return checked(text, source, lambda data: _Parser(source).parse(data))
+
+
+def checked(text: str, source: str, check):
+    """check(data) of YAML ``text`` loaded by the bounded loader; every failure one ConfigError line."""
     try:
         loader = _Loader(text)
         try:
             data = loader.get_single_data()
         finally:
             loader.dispose()
-        return _Parser(source).parse(data)
+        return check(data)
     except ConfigError:
         raise
     except yaml.YAMLError as exc:
@@ -584,23 +589,23 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def read(path: str) -> str:
+def read(path: str, what: str = "config file", flag: str = "--config.file") -> str:
     """The text of the config file at ``path``, refusing before reading anything that could block or
     be unbounded: a FIFO, a device, a directory (opened non-blocking, checked with fstat), a file over
-    MAX_BYTES."""
+    MAX_BYTES. `what` and `flag` name the file and its flag in errors (the web config is read here too)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0))
     except OSError as exc:
-        raise ConfigError("%s: cannot read config file: %s: check --config.file"
-                          % (path, exc.strerror or exc)) from None
+        raise ConfigError("%s: cannot read %s: %s: check %s"
+                          % (path, what, exc.strerror or exc, flag)) from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise ConfigError("%s: cannot read config file: it is %s, not a regular file: point --config.file "
-                              "at a YAML file" % (path, _kind(info.st_mode)))
+            raise ConfigError("%s: cannot read %s: it is %s, not a regular file: point %s "
+                              "at a YAML file" % (path, what, _kind(info.st_mode), flag))
         if info.st_size > MAX_BYTES:
-            raise ConfigError("%s: cannot read config file: %d bytes is over the %d KiB limit: a config "
-                              "needs a few KiB; check --config.file" % (path, info.st_size, MAX_BYTES // 1024))
+            raise ConfigError("%s: cannot read %s: %d bytes is over the %d KiB limit: a config "
+                              "needs a few KiB; check %s" % (path, what, info.st_size, MAX_BYTES // 1024, flag))
         chunks, size = [], 0
         while size <= MAX_BYTES:  # a file growing while read is still bounded
             chunk = os.read(fd, MAX_BYTES + 1 - size)
@@ -609,20 +614,20 @@ def read(path: str) -> str:
             chunks.append(chunk)
             size += len(chunk)
         if size > MAX_BYTES:
-            raise ConfigError("%s: cannot read config file: it is over the %d KiB limit: a config needs a "
-                              "few KiB; check --config.file" % (path, MAX_BYTES // 1024))
+            raise ConfigError("%s: cannot read %s: it is over the %d KiB limit: a config needs a "
+                              "few KiB; check %s" % (path, what, MAX_BYTES // 1024, flag))
         data = b"".join(chunks)
     except OSError as exc:
-        raise ConfigError("%s: cannot read config file: %s: check --config.file"
-                          % (path, exc.strerror or exc)) from None
+        raise ConfigError("%s: cannot read %s: %s: check %s"
+                          % (path, what, exc.strerror or exc, flag)) from None
     finally:
         os.close(fd)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(
-            "%s: cannot read config file: not valid UTF-8 (byte offset %d): save it as UTF-8"
-            % (path, exc.start)
+            "%s: cannot read %s: not valid UTF-8 (byte offset %d): save it as UTF-8"
+            % (path, what, exc.start)
         ) from None
 
 

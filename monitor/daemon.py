@@ -11,7 +11,7 @@ import time
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from . import abi, config as config_mod, decode, loader, sdnotify, seed, web
+from . import abi, config as config_mod, decode, loader, sdnotify, seed, web, webconfig
 from .aggregate import Aggregator
 from .cgroups import UnitResolver
 from .collector import ErrnoCollector
@@ -171,8 +171,9 @@ class Reloader:
 
 
 class Daemon:
-    def __init__(self, config, config_file, listen_address, telemetry_path):
+    def __init__(self, config, config_file, listen_address, telemetry_path, web_config=None):
         self.config = config
+        self.web_config = web_config
         self.config_file = config_file
         self.listen_address = listen_address
         self.telemetry_path = telemetry_path
@@ -191,7 +192,8 @@ class Daemon:
         tracefs = loader.preflight()
         limit_malloc_arenas()
         self.registry = CollectorRegistry(auto_describe=True)  # so that ?name[]= finds the collector's metrics
-        self.httpd = web.bind(self.listen_address, self.telemetry_path, self.registry, web.raise_file_limit())
+        watcher = webconfig.Watcher(self.web_config) if self.web_config is not None else None
+        self.httpd = web.bind(self.listen_address, self.telemetry_path, self.registry, web.raise_file_limit(), watcher)
         self.tables = socket_tables(self.config.max_sockets)
         self.status("loading BPF programs")
         t0 = time.monotonic()
@@ -214,8 +216,17 @@ class Daemon:
         self.poll_listeners()  # the baseline: drops from before start-up are not ours
         self.registry.register(ErrnoCollector(self.aggregator, self._status))
         ProcessCollector(registry=self.registry)
+        if self.web_config is not None:
+            log.info("web config %s: %s", self.web_config.path, self.web_config.describe())
+            if self.web_config.users and self.web_config.tls is None:
+                log.warning("basic auth without TLS: passwords cross the network in the clear; add "
+                            "tls_server_config to %s", self.web_config.path)
+            if self.web_config.tls is not None and self.web_config.http2:
+                log.info("http2 is not served (HTTP/1.1 only, which Prometheus scrapes with): set "
+                         "http_server_config.http2: false in %s to say so", self.web_config.path)
         web.start(self.httpd)
-        self.status("serving metrics on %s%s" % (self.listen_address, self.telemetry_path))
+        self.status("serving metrics on %s%s%s" % (self.listen_address, self.telemetry_path,
+                                                   " over TLS" if self.httpd.scheme == "https" else ""))
         sdnotify.notify("READY=1")
 
     def seed_owners(self):

@@ -73,7 +73,7 @@ apt_install_no_services() {
     fi
 }
 
-PKGS=(python3-bpfcc python3-pyroute2 python3-venv python3-pip)
+PKGS=(python3-bpfcc python3-pyroute2 python3-bcrypt python3-venv python3-pip)
 [ "$MODE" = test ] && PKGS+=(nftables iproute2 bpftrace bpftool prometheus tmux gcc libc6-dev systemd
                               podman runc containerd mmdebstrap containernetworking-plugins)
 missing=()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the errnomon container image from Debian packages, with no base image from any registry:
 # mmdebstrap makes a bookworm root filesystem (python3-bpfcc, python3-prometheus-client, python3-yaml,
-# python3-waitress, python3-pyroute2 and
+# python3-waitress, python3-pyroute2, python3-bcrypt (basic auth of --web.config.file) and
 # errnomon's monitor/ and bpf/), podman imports it as an OCI image.
 #
 #   deploy/image/build.sh [IMAGE]          default IMAGE: localhost/errnomon:<version>
@@ -22,7 +22,7 @@ SUITE=bookworm
 MIRRORS=()
 [ -z "${ERRNOMON_MIRROR:-}" ] || MIRRORS=("$ERRNOMON_MIRROR")
 # Everything in the image besides Essential: yes; their dependencies follow.
-PACKAGES=python3,python3-bpfcc,python3-prometheus-client,python3-yaml,python3-waitress,python3-pyroute2,xz-utils
+PACKAGES=python3,python3-bpfcc,python3-prometheus-client,python3-yaml,python3-waitress,python3-pyroute2,python3-bcrypt,xz-utils
 OUT=$ROOT/build/image
 
 die() { echo "errnomon image: error: $*" >&2; exit 2; }

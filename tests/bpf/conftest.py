@@ -65,15 +65,22 @@ def free_port():
 
 
 class Daemon:
-    def __init__(self, tmp_path, config_text=TEST_CONFIG, name="errnomon", env=None):
+    """`args`: more flags; `port`: the metrics port (default: a free one); `scheme`, `ssl_context` and
+    `headers`: how scrape() reaches it (a web config's TLS and basic auth)."""
+
+    ssl_context, headers = None, {}  # plain HTTP, also for subclasses with an __init__ of their own
+
+    def __init__(self, tmp_path, config_text=TEST_CONFIG, name="errnomon", env=None, args=(), port=None,
+                 scheme="http", ssl_context=None, headers=None):
         self.config = tmp_path / (name + ".yaml")
         self.config.write_text(config_text)
-        self.port = free_port()
-        self.url = "http://127.0.0.1:%d/metrics" % self.port
+        self.port = port or free_port()
+        self.url = "%s://127.0.0.1:%d/metrics" % (scheme, self.port)
+        self.ssl_context, self.headers = ssl_context, headers or {}
         self.log = open(tmp_path / (name + ".log"), "w+")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "monitor.cli", "--config.file=%s" % self.config,
-             "--web.listen-address=127.0.0.1:%d" % self.port, "--log.level=debug"],
+             "--web.listen-address=127.0.0.1:%d" % self.port, "--log.level=debug", *args],
             cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, env=dict(os.environ, **(env or {})))
         deadline = time.monotonic() + 180  # compiling takes 1.6-4 s here, up to a minute in an emulated guest
         while time.monotonic() < deadline:
@@ -93,7 +100,8 @@ class Daemon:
         return self.log.read()
 
     def scrape_text(self):
-        with urllib.request.urlopen(self.url, timeout=10) as r:
+        request = urllib.request.Request(self.url, headers=self.headers)
+        with urllib.request.urlopen(request, timeout=10, context=self.ssl_context) as r:
             return r.read().decode()
 
     def scrape(self):

@@ -4,19 +4,27 @@ containerd with the labels kubelet gives it.
 
 The errnomon container gets exactly the DaemonSet's capabilities, seccomp profile, read-only root and hostPath
 mounts (read from the manifest), under podman with runc (crun refuses this host's hybrid cgroups). The only
-difference: the host network, to scrape it on 127.0.0.1 (the BPF programs see every network namespace anyway).
+difference: the host network, to scrape it on 127.0.0.1 (the BPF programs see every network namespace anyway). Its
+Secret errnomon-web is a directory of deploy/web-config.yml and test certificates: the scrapes are TLS with a
+client certificate and basic auth, as the PodMonitor's.
 The image is built once (make image) and cached by the hash of what goes into it.
 """
 
+import base64
 import hashlib
 import json
 import os
+import re
+import shutil
+import ssl
 import subprocess
 import time
 import urllib.request
 
 import pytest
 import yaml
+
+from tests.unit.tls_certs import PASSWORD, Certs, hashed
 
 from . import scenarios
 from .conftest import REPO, Daemon, _require_environment, free_port
@@ -90,8 +98,9 @@ def daemonset():
         return yaml.safe_load(f)["spec"]["template"]["spec"]
 
 
-def podman_args(pod, config_dir, host_paths):
-    """podman run options that give the container what the DaemonSet's pod spec gives it."""
+def podman_args(pod, config_dir, host_paths, secret_dirs=None):
+    """podman run options that give the container what the DaemonSet's pod spec gives it; a Secret is the
+    directory `secret_dirs` names for it."""
     (container,) = pod["containers"]
     security = container["securityContext"]
     assert security["capabilities"]["drop"] == ["ALL"]
@@ -111,6 +120,8 @@ def podman_args(pod, config_dir, host_paths):
             args += ["-v", "%s:%s:%s" % (source, mount["mountPath"], "ro" if mount.get("readOnly") else "rw")]
         elif "configMap" in volume:
             args += ["-v", "%s:%s:ro" % (config_dir, mount["mountPath"])]
+        elif "secret" in volume:
+            args += ["-v", "%s:%s:ro" % ((secret_dirs or {})[volume["secret"]["secretName"]], mount["mountPath"])]
         elif "emptyDir" in volume:
             args += ["--tmpfs", mount["mountPath"]]
         else:
@@ -118,16 +129,34 @@ def podman_args(pod, config_dir, host_paths):
     return args, container["args"]
 
 
+def web_secret(directory, certs):
+    """The Secret errnomon-web as a directory: deploy/web-config.yml beside test certificates, its example user's
+    hash replaced by one of PASSWORD. Returns (ssl context, headers) for a scraper with the client's side."""
+    directory.mkdir()
+    with open(os.path.join(REPO, "deploy", "web-config.yml")) as f:
+        text = f.read()
+    (directory / "web-config.yml").write_text(re.sub(r"(?m)^  prometheus: .*$", "  prometheus: " + hashed(), text))
+    for source, target in (("server.crt", "tls.crt"), ("server.key", "tls.key"), ("ca.crt", "ca.crt")):
+        shutil.copy(certs.path(source), directory / target)
+    context = ssl.create_default_context(cafile=certs.path("ca.crt"))
+    context.load_cert_chain(certs.path("client.crt"), certs.path("client.key"))
+    auth = base64.b64encode(("prometheus:" + PASSWORD).encode()).decode()
+    return context, {"Authorization": "Basic " + auth}
+
+
 class ContainerDaemon(Daemon):
-    """errnomon in the image, as the DaemonSet runs it; scraped like the host daemon of conftest."""
+    """errnomon in the image, as the DaemonSet runs it (TLS, client certificate and basic auth included);
+    scraped like the host daemon of conftest."""
 
     def __init__(self, tmp_path, image, host_paths):
         config_dir = tmp_path / "config"
         config_dir.mkdir()
         (config_dir / "config.yaml").write_text(MONITOR_CONFIG)
-        args, daemon_args = podman_args(daemonset(), config_dir, host_paths)
+        self.certs = Certs()
+        self.ssl_context, self.headers = web_secret(tmp_path / "web", self.certs)
+        args, daemon_args = podman_args(daemonset(), config_dir, host_paths, {"errnomon-web": tmp_path / "web"})
         self.port = free_port()
-        self.url = "http://127.0.0.1:%d/metrics" % self.port
+        self.url = "https://127.0.0.1:%d/metrics" % self.port
         self.name = PREFIX + "-errnomon"
         run("podman", "rm", "-f", self.name, check=False)
         daemon_args = [a for a in daemon_args if not a.startswith("--web.listen-address")]
@@ -150,7 +179,8 @@ class ContainerDaemon(Daemon):
     # It counts the whole host: with other tests' error storms running beside this one, a scrape can hold
     # 10^5 series and take seconds. Longer bounds than the host daemon's, never a timing assertion.
     def scrape_text(self):
-        with urllib.request.urlopen(self.url, timeout=120) as r:
+        request = urllib.request.Request(self.url, headers=self.headers)
+        with urllib.request.urlopen(request, timeout=120, context=self.ssl_context) as r:
             return r.read().decode()
 
     def wait_for(self, name, expected, timeout=8.0, **match):
@@ -169,6 +199,7 @@ class ContainerDaemon(Daemon):
         status, code = self.state()
         self.log_text = self.output()
         run("podman", "rm", "-f", self.name, check=False)
+        self.certs.remove()
         return code
 
 

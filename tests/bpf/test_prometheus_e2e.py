@@ -51,13 +51,15 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 class Prometheus:
-    def __init__(self, tmp_path, targets):
-        self.port = free_port()
+    """`jobs`: scrape configs in place of the errnomon job with `targets` and the rules; `port`: its own."""
+
+    def __init__(self, tmp_path, targets=(), jobs=None, port=None):
+        self.port = port or free_port()
         self.url = "http://127.0.0.1:%d" % self.port
         config = {
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-            "rule_files": [RULES_PATH],
-            "scrape_configs": [{"job_name": "errnomon", "static_configs": [{"targets": targets}]}],
+            "rule_files": [RULES_PATH] if jobs is None else [],
+            "scrape_configs": jobs or [{"job_name": "errnomon", "static_configs": [{"targets": list(targets)}]}],
         }
         config_file = tmp_path / "prometheus.yml"
         config_file.write_text(yaml.safe_dump(config))

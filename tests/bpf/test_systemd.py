@@ -36,7 +36,8 @@ def unit_for_checks(tmp_path):
     """The unit with ExecStart pointing at the development venv's errnomon, which exists here."""
     with open(UNIT) as f:
         text = f.read()
-    assert "ExecStart=/opt/errnomon/venv/bin/errnomon --config.file=/etc/errnomon/config.yaml\n" in text
+    assert ("ExecStart=/opt/errnomon/venv/bin/errnomon --config.file=/etc/errnomon/config.yaml "
+            "--web.listen-address=127.0.0.1:9779\n") in text
     path = tmp_path / "errnomon.service"
     path.write_text(text.replace("/opt/errnomon/venv/bin/errnomon", os.path.join(REPO, ".venv/bin/errnomon")))
     return str(path)

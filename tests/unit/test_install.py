@@ -166,7 +166,8 @@ def test_config_kept_and_prefix_rewritten(installed_over_config):
     with open(os.path.join(dest, UNIT)) as f:
         unit = f.read()
     assert "/opt/errnomon" not in unit
-    assert "ExecStart=/srv/errnomon/venv/bin/errnomon --config.file=/etc/errnomon/config.yaml\n" in unit
+    assert ("ExecStart=/srv/errnomon/venv/bin/errnomon --config.file=/etc/errnomon/config.yaml "
+            "--web.listen-address=127.0.0.1:9779\n") in unit
     assert "Environment=ERRNOMON_BPF_DIR=/srv/errnomon/bpf\n" in unit
     assert os.access(os.path.join(dest, "srv", "errnomon", "venv", "bin", "errnomon"), os.X_OK)
     assert not os.path.exists(os.path.join(dest, "opt"))
@@ -224,3 +225,29 @@ def test_refuses_dangerous_prefix(tmp_path, prefix):
 def test_usage():
     proc = subprocess.run(["bash", INSTALL], env=clean_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "usage:" in proc.stderr
+
+
+def test_web_config_drop_in_verifies_and_names_the_example_files(tmp_path):
+    """deploy/systemd/web-config.conf over the unit: systemd-analyze reads the drop-in (from the unit path
+    given in SYSTEMD_UNIT_PATH) and finds nothing wrong; its credentials are the files deploy/web-config.yml
+    names, and errnomon reads that file from the credentials directory (%d)."""
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze is missing: apt-get install systemd"
+    venv_errnomon = os.path.join(REPO, ".venv", "bin", "errnomon")
+    drop_in = os.path.join(REPO, "deploy", "systemd", "web-config.conf")
+    (tmp_path / "errnomon.service.d").mkdir()
+    for source, target in ((UNIT_SRC, "errnomon.service"), (drop_in, "errnomon.service.d/web-config.conf")):
+        with open(source) as f:
+            (tmp_path / target).write_text(f.read().replace("/opt/errnomon/venv/bin/errnomon", venv_errnomon))
+    proc = subprocess.run([analyze, "verify", "errnomon.service"], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, SYSTEMD_UNIT_PATH="%s:" % tmp_path))
+    assert proc.returncode == 0 and proc.stdout + proc.stderr == "", proc.stdout + proc.stderr
+    with open(drop_in) as f:
+        text = f.read()
+    credentials = dict(re.findall(r"^LoadCredential=([^:\n]+):(\S+)$", text, re.M))
+    assert credentials == {"web-config.yml": "/etc/errnomon/web-config.yml", "tls.crt": "/etc/errnomon/tls/tls.crt",
+                           "tls.key": "/etc/errnomon/tls/tls.key", "ca.crt": "/etc/errnomon/tls/ca.crt"}
+    assert " --web.config.file=%d/web-config.yml" in text and " --web.listen-address=:9779 " in text
+    with open(os.path.join(REPO, "deploy", "web-config.yml")) as f:
+        names = set(re.findall(r"^  \w+_file: (\S+)$", f.read(), re.M))
+    assert names == set(credentials) - {"web-config.yml"}

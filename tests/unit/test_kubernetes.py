@@ -112,6 +112,8 @@ def test_mounts():
     assert all(mounts[path]["readOnly"] is True for path in host)
     assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
     assert volumes[mounts["/etc/errnomon"]["name"]]["configMap"]["name"] == "errnomon"
+    assert volumes[mounts["/etc/errnomon-web"]["name"]]["secret"] == {"secretName": "errnomon-web", "defaultMode": 0o400}
+    assert mounts["/etc/errnomon-web"]["readOnly"] is True
 
 
 def test_config_map_is_a_valid_config_that_matches_the_mounts():
@@ -124,8 +126,12 @@ def test_probes_and_resources_use_the_metrics_port():
     c = container()
     assert c["ports"] == [{"name": "metrics", "containerPort": 9779, "protocol": "TCP"}]
     assert "--web.listen-address=:9779" in c["args"]
+    # the safe form: TLS, client certificates and basic auth from the mounted Secret; kubelet cannot pass
+    # them, so its probes connect only
+    assert "--web.config.file=/etc/errnomon-web/web-config.yml" in c["args"]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert c[probe]["httpGet"] == {"path": "/metrics", "port": "metrics"}
+        assert set(c[probe]) - {"periodSeconds", "timeoutSeconds", "failureThreshold"} == {"tcpSocket"}
+        assert c[probe]["tcpSocket"] == {"port": "metrics"}
     assert c["resources"] == {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "1", "memory": "256Mi"}}
 
 
@@ -140,6 +146,12 @@ def test_service_and_pod_monitor_select_the_pods():
     assert set(monitor["spec"]) == {"selector", "podMetricsEndpoints"}
     assert monitor["spec"]["selector"] == {"matchLabels": labels}
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
-    assert set(endpoint) == {"port", "path", "interval", "relabelings"}
-    assert (endpoint["port"], endpoint["path"]) == ("metrics", "/metrics")
+    assert set(endpoint) == {"port", "path", "interval", "relabelings", "scheme", "tlsConfig", "basicAuth"}
+    assert (endpoint["port"], endpoint["path"], endpoint["scheme"]) == ("metrics", "/metrics", "https")
+    # SafeTLSConfig and BasicAuth: secret key selectors in the PodMonitor's namespace
+    scrape = {"name": "errnomon-scrape"}
+    assert endpoint["tlsConfig"] == {"ca": {"secret": dict(scrape, key="ca.crt")},
+                                     "cert": {"secret": dict(scrape, key="tls.crt")},
+                                     "keySecret": dict(scrape, key="tls.key"), "serverName": "errnomon.errnomon.svc"}
+    assert endpoint["basicAuth"] == {"username": dict(scrape, key="username"), "password": dict(scrape, key="password")}
     assert endpoint["relabelings"][0] == {"action": "labeldrop", "regex": "(namespace|pod|container)"}

@@ -227,21 +227,28 @@ def test_metrics_answer_while_1000_idle_connections_are_open(registry):
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def test_200_concurrent_scrapers_all_answered(registry):
+def concurrently(n, scrape):
+    """scrape() from n threads at once: what each returned, or the OSError it raised."""
     import threading
-    port = free_port()
     results = []
+
+    def one():
+        try:
+            results.append(scrape())
+        except OSError as e:
+            results.append(repr(e))
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results
+
+
+def test_200_concurrent_scrapers_all_answered(registry):
+    port = free_port()
     with serving("127.0.0.1:%d" % port, "/metrics", registry):
-        def scrape():
-            try:
-                results.append(get("http://127.0.0.1:%d/metrics" % port, timeout=60)[0])
-            except OSError as e:
-                results.append(repr(e))
-        threads = [threading.Thread(target=scrape) for _ in range(200)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+        results = concurrently(200, lambda: get("http://127.0.0.1:%d/metrics" % port, timeout=60)[0])
     assert results == [200] * 200
 
 
