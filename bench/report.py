@@ -621,9 +621,10 @@ def busy_section(busy):
     out += [table(["Host", "Daemon CPU (of a core)", "Over the idle host (points)", "Wake-ups/s"], rows), ""]
     out += ["Namespaces opened after the daemon started hold listeners the programs follow in the kernel: their "
             "drops are read by one BPF program run per 12 listeners each poll, and nothing enters them. Namespaces "
-            "opened before it hold listeners older than errnomon, read every 5 s with a sock_diag socket kept in "
-            "each namespace until they close (most of that cost is pyroute2's, about 0.2 ms a namespace): that row "
-            "has no budget, and shrinks as those listeners close.", ""]
+            "opened before it hold listeners older than errnomon: found once at start-up with sock_diag and handed "
+            "to the programs by a BPF tcp iterator run once in each namespace, then read like the others (on a "
+            "kernel or bcc without the tcp iterator they are read every 5 s with a sock_diag socket kept in each "
+            "namespace, about 0.2 ms a namespace, until they close).", ""]
     return out
 
 
