@@ -262,10 +262,16 @@ LAYOUT = {
     ("sock", "sk_drops"): "listen drops are read by polling every network namespace's listeners (sock_diag), "
                           "and a listener's drops in its last poll interval are lost with it",
     ("sock", "sk_drop_counters"): None,
+    # unix stream and seqpacket sockets: the type, and the peer's path (unix_sock->peer->addr->name)
+    ("sock", "sk_type"): "errors on unix sockets are not counted",
+    ("unix_sock", "peer"): None,
+    ("unix_sock", "addr"): None,
+    ("unix_address", "len"): None,
+    ("unix_address", "name"): None,
     ("numa_drop_counters", "drops0"): None,
     ("numa_drop_counters", "drops1"): None,
 }
-BASES = {("sk_buff", "cb"), ("sock", "sk_error_queue")}  # members read only as the start of something else: any size
+BASES = {("sk_buff", "cb"), ("sock", "sk_error_queue"), ("unix_address", "name")}  # members read only as the start of something else: any size
 # Members read whole as an unsigned integer of their own size: -D<NAME>=u8/u16/u32/u64.
 LAYOUT_TYPES = {("pipe_inode_info", "tail"): "PIPE_INDEX_TYPE"}
 STABLE_HEAD = {"skc_daddr": 0, "skc_dport": 12, "skc_num": 14, "skc_family": 16, "skc_state": 18}
@@ -511,6 +517,8 @@ def describe_choice(chosen, why):
 MAPS = ("counts", "drops", "settings", "seeded", "listeners", "wakeups")
 # compiled with listen_socks (OFF_SOCK_SK_DROPS and inet_sock_set_state): its map and the program that sweeps it
 LISTEN_SWEEP = "sweep_listeners"
+# compiled with the unix_sock layout from BTF: the paths of unix sockets' peers, by hash (monitor/decode.py)
+UNIX_PATHS = "unix_paths"
 # bcc names of the function-hook programs: KFUNC_PROBE/KRETFUNC_PROBE (kfunc__vmlinux__ from bcc 0.23),
 # and the kprobes the child attaches itself (any other prefix would make bcc attach them on its own)
 _FUNCTION_PROGRAM = re.compile(r"^(kfunc|kretfunc|errnomon_kprobe|errnomon_entry|errnomon_return)__(?:vmlinux__)?(\w+)$")
@@ -541,15 +549,16 @@ class Programs:
     close() detaches."""
 
     def __init__(self, map_fds, attachment_fds, attached, formats, flags, prog_fds=None, ephemeral=(0, 0),
-                 legacy_kprobes=(), tracefs=None, listen_sweep=None):
+                 legacy_kprobes=(), tracefs=None, listen_sweep=None, unix_paths_fd=None):
         self.counts_fd, self._drops_fd, self._settings_fd = (map_fds[name] for name in MAPS[:3])
         self.seeded_fd, self.listeners_fd = map_fds["seeded"], map_fds["listeners"]  # monitor/seed.py
         self.wakeups_fd = map_fds["wakeups"]  # monitor/drain.py
         self.prog_fds = dict(prog_fds or {})  # probe name -> program fd
         # (listen_socks map fd, sweep_listeners program fd), or None where the kernel has no listen tracking
         self.listen_sweep = listen_sweep
+        self.unix_paths_fd = unix_paths_fd  # unix_paths, or None where BTF lacks the unix_sock layout
         self._fds = list(map_fds.values()) + list(attachment_fds) + list(self.prog_fds.values()) + \
-            list(listen_sweep or ())
+            list(listen_sweep or ()) + ([unix_paths_fd] if unix_paths_fd is not None else [])
         self.attached = attached          # signal -> [(probe, attached)]
         self.formats = formats            # tracepoint -> format file text (None if missing)
         self.flags = flags
@@ -575,6 +584,16 @@ class Programs:
             raw = bpfmap.lookup(self._drops_fd, struct.pack("i", i), 8 * self._cpus) or b""
             out[name] = sum(struct.unpack("%dQ" % (len(raw) // 8), raw))
         return out
+
+    def unix_path(self, path_hash):
+        """The sun_path bytes kept under a unix remote's hash (abi.UnixPath.len of them), or None."""
+        if self.unix_paths_fd is None:
+            return None
+        raw = bpfmap.lookup(self.unix_paths_fd, struct.pack("Q", path_hash), abi.ctypes.sizeof(abi.UnixPath))
+        if raw is None:
+            return None
+        p = abi.UnixPath.from_buffer_copy(raw)
+        return bytes(p.path)[:min(p.len, abi.DEFINES["UNIX_PATH_LEN"])]
 
     def write_settings(self, gen, count_flags):
         low, high = self.ephemeral
@@ -686,8 +705,13 @@ def _compile_and_attach(sock, tracefs, flags, chosen):
             except OSError as e:  # before 5.10 raw tracepoint programs cannot be run so
                 raise SweepRefused(str(e))
             fds += [bpf["listen_socks"].get_fd(), prog.fd]
+        try:  # compiled where BTF gives the unix_sock layout
+            fds.append(bpf[UNIX_PATHS].get_fd())
+            unix_paths = True
+        except KeyError:
+            unix_paths = False
         message = {"flags": flags, "programs": [p for p, _ in programs], "attachments": len(attachments),
-                   "listen_sweep": sweep,
+                   "listen_sweep": sweep, "unix_paths": unix_paths,
                    "legacy": _legacy_kprobe_events(tracefs, os.getpid()),
                    "bcc": getattr(bcc, "__version__", "unknown")}
     except FentryRefused as e:
@@ -789,8 +813,10 @@ def load(tracefs, map_size, max_sockets, syscall_tracepoints=False, print_only=F
     m = n + len(message["programs"])
     prog_fds = dict(zip(message["programs"], fds[n:m]))
     attached = attachment_report(chosen, syscall_tracepoints)
+    sweep = 2 if message.get("listen_sweep") else 0
     programs = Programs(map_fds, fds[len(MAPS):n], attached, formats, message["flags"], prog_fds, ephemeral_ports(),
-                        message.get("legacy", ()), tracefs, listen_sweep=tuple(fds[m:m + 2]) or None)
+                        message.get("legacy", ()), tracefs, listen_sweep=tuple(fds[m:m + sweep]) or None,
+                        unix_paths_fd=fds[m + sweep] if message.get("unix_paths") else None)
     if not programs.listen_sweep and any(f.startswith("-DOFF_SOCK_SK_DROPS=") for f in layout):
         # (without sk_drops in BTF the BTF warning above says so)
         log.warning("no inet_sock_set_state tracepoint: listen drops are read by polling every network namespace's "

@@ -308,7 +308,7 @@ def test_unknown_key_with_suggestion():
         (
             "remote: {groups: [{name: a, cidr: [10.0.0.0/8]}]}",
             "remote.groups[0].cidr",
-            "name, cidrs",
+            "name, cidrs, paths",
             "cidrs",
         ),
         ("remote: {zzz: 1}", "remote.zzz", "groups, ipv4_prefix, ipv6_prefix", None),
