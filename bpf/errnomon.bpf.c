@@ -1199,7 +1199,8 @@ RAW_TRACEPOINT_PROBE(signal_deliver)
 /* ---- function hooks: the rungs below a missing tracepoint (monitor/loader.py SIGNALS) ---- */
 
 /* send/recv return values before 6.3: what sock->ops->sendmsg/recvmsg (and ->sendpage, before 6.5) return
- * for AF_INET/AF_INET6 sockets is what the socket call returns, the value sock_send_length reports. */
+ * for AF_INET/AF_INET6 and unix stream/seqpacket sockets is what the socket call returns, the value
+ * sock_send_length reports. */
 #ifdef OFF_SOCKET_SK
 
 /* fexit: ctx[0..n-1] are the arguments, ctx[n] the return value (FEXIT_<fn> = n, from BTF). The success path
@@ -1228,11 +1229,25 @@ SOCKET_CALL_FEXIT(inet_recvmsg, OP_RECV)
 #ifdef FEXIT_inet6_recvmsg
 SOCKET_CALL_FEXIT(inet6_recvmsg, OP_RECV)
 #endif
+#ifdef FEXIT_unix_stream_sendmsg
+SOCKET_CALL_FEXIT(unix_stream_sendmsg, OP_SEND)
+#endif
+#ifdef FEXIT_unix_seqpacket_sendmsg
+SOCKET_CALL_FEXIT(unix_seqpacket_sendmsg, OP_SEND)
+#endif
+#ifdef FEXIT_unix_stream_recvmsg
+SOCKET_CALL_FEXIT(unix_stream_recvmsg, OP_RECV)
+#endif
+#ifdef FEXIT_unix_seqpacket_recvmsg
+SOCKET_CALL_FEXIT(unix_seqpacket_recvmsg, OP_RECV)
+#endif
 
 /* kretprobe: the return value only; the entry kprobe keeps the struct socket for it, per thread (a thread
  * is in at most one of these calls; LRU: a return the kernel missed leaves an entry that ages out). */
 #if defined(KRETPROBE_inet_sendmsg) || defined(KRETPROBE_inet6_sendmsg) || defined(KRETPROBE_inet_sendpage) || \
-    defined(KRETPROBE_inet_recvmsg) || defined(KRETPROBE_inet6_recvmsg)
+    defined(KRETPROBE_inet_recvmsg) || defined(KRETPROBE_inet6_recvmsg) || defined(KRETPROBE_unix_stream_sendmsg) || \
+    defined(KRETPROBE_unix_seqpacket_sendmsg) || defined(KRETPROBE_unix_stream_recvmsg) || \
+    defined(KRETPROBE_unix_seqpacket_recvmsg)
 BPF_TABLE("lru_hash", u32, u64, socket_calls, 16384); /* tid -> struct socket * of the call in flight */
 
 /* Written in place: an update and a delete per call cost some 700 instructions more than a lookup each
@@ -1290,6 +1305,22 @@ SOCKET_CALL_RETURN(inet_recvmsg, OP_RECV)
 #ifdef KRETPROBE_inet6_recvmsg
 SOCKET_CALL_ENTRY(inet6_recvmsg)
 SOCKET_CALL_RETURN(inet6_recvmsg, OP_RECV)
+#endif
+#ifdef KRETPROBE_unix_stream_sendmsg
+SOCKET_CALL_ENTRY(unix_stream_sendmsg)
+SOCKET_CALL_RETURN(unix_stream_sendmsg, OP_SEND)
+#endif
+#ifdef KRETPROBE_unix_seqpacket_sendmsg
+SOCKET_CALL_ENTRY(unix_seqpacket_sendmsg)
+SOCKET_CALL_RETURN(unix_seqpacket_sendmsg, OP_SEND)
+#endif
+#ifdef KRETPROBE_unix_stream_recvmsg
+SOCKET_CALL_ENTRY(unix_stream_recvmsg)
+SOCKET_CALL_RETURN(unix_stream_recvmsg, OP_RECV)
+#endif
+#ifdef KRETPROBE_unix_seqpacket_recvmsg
+SOCKET_CALL_ENTRY(unix_seqpacket_recvmsg)
+SOCKET_CALL_RETURN(unix_seqpacket_recvmsg, OP_RECV)
 #endif
 #endif /* OFF_SOCKET_SK */
 

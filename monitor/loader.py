@@ -47,9 +47,13 @@ FUNCTION_HOOK_FAMILIES = ("fentry", "kprobe")
 
 # What sock_sendmsg/sock_recvmsg call for AF_INET/AF_INET6 sockets (sock->ops->sendmsg): the value they
 # return is the one sock:sock_send_length reports from 6.3, the one the application gets. sendfile and
-# splice send through ->sendpage until 6.5 (from 6.5 through sendmsg, with MSG_SPLICE_PAGES).
-SEND_FUNCTIONS = ("inet_sendmsg", "inet6_sendmsg", "inet_sendpage?")
-RECV_FUNCTIONS = ("inet_recvmsg", "inet6_recvmsg")
+# splice send through ->sendpage until 6.5 (from 6.5 through sendmsg, with MSG_SPLICE_PAGES). Unix stream
+# and seqpacket sockets' own (af_unix.c, static: hooked where BTF or kallsyms has them; every unix send and
+# recv on the host then passes the hook, as every TCP one does).
+UNIX_SEND_FUNCTIONS = ("unix_stream_sendmsg?", "unix_seqpacket_sendmsg?")
+UNIX_RECV_FUNCTIONS = ("unix_stream_recvmsg?", "unix_seqpacket_recvmsg?")
+SEND_FUNCTIONS = ("inet_sendmsg", "inet6_sendmsg", "inet_sendpage?") + UNIX_SEND_FUNCTIONS
+RECV_FUNCTIONS = ("inet_recvmsg", "inet6_recvmsg") + UNIX_RECV_FUNCTIONS
 # Before 6.10, tcp:tcp_send_reset fires in tcp_v{4,6}_send_reset only for full sockets: a reset for a segment
 # no socket wanted (NO_SOCKET) or from a time-wait socket is seen at the function.
 RESET_FUNCTIONS = ("tcp_v4_send_reset", "tcp_v6_send_reset?")
@@ -119,6 +123,8 @@ RAW_ARITY = {"sock:sock_send_length": 2, "sock:sock_recv_length": 2, "sock:inet_
 RUNG_ARITY = {("resets_sent_without_socket", "tcp:tcp_send_reset"): 3}
 # Kernel functions the programs read, with the arguments they read (BTF prototypes must have at least that).
 FUNCTION_ARITY = {"inet_sendmsg": 3, "inet6_sendmsg": 3, "inet_sendpage": 5, "inet_recvmsg": 4, "inet6_recvmsg": 4,
+                  "unix_stream_sendmsg": 3, "unix_seqpacket_sendmsg": 3, "unix_stream_recvmsg": 4,
+                  "unix_seqpacket_recvmsg": 4,
                   "tcp_v4_send_reset": 2, "tcp_v6_send_reset": 2, "sock_def_error_report": 1}
 # kretprobe instances per function: one per call blocked in it at once (a recv can block for hours)
 KRETPROBE_MAXACTIVE = 4096
