@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from . import real_programs as rp
 from . import unix_scenarios as ux
 from .conftest import Daemon, _require_environment
 from .test_errors import expect
@@ -198,6 +199,34 @@ def test_unix_paths_map_is_bounded(tmp_path):
         assert set(by_remote) == {MANY_GROUP, "unknown"}, by_remote
     finally:
         assert d.stop() == 0, d.output()
+
+
+def test_nginx_unix_upstream_resets(daemon, tmp_path):
+    """nginx proxying to a unix-socket upstream that closes with the request unread: nginx logs
+    "recv() failed (104: Connection reset by peer) while reading response header from upstream" for each
+    request, and errnomon counts exactly the calls nginx logged, remote = the upstream's path."""
+    n = 4
+    path = str(tmp_path / "ux-up.sock")
+    upstream = ux.ClosingUpstream(path, n)
+    location = "        location / { proxy_pass http://unix:%s:/; }\n" % path
+    with rp.Nginx(str(tmp_path), locations=location) as nginx:
+        statuses = [rp.http_get(nginx.port, "/")[0] for _ in range(n)]
+        upstream.join()
+        time.sleep(0.3)  # the worker writes its log line after the failed read
+        log = nginx.log()
+    assert upstream.closed == n
+    logged = {}
+    for line in log.splitlines():
+        m = rp.NGINX_FAILED.search(line)
+        if m and 'upstream: "http://unix:%s:' % path in line:
+            key = (rp.NGINX_OPS[m.group(1)], rp.errno_name(m.group(2)))
+            logged[key] = logged.get(key, 0) + 1
+    print("nginx's own account: %s; statuses %s" % (logged, statuses))
+    assert logged == {("recv", "ECONNRESET"): n}, log
+    assert all(" 502 " in s for s in statuses), statuses
+    daemon.wait_for("errnomon_socket_errors_total",
+                    [(dict(comm="nginx", remote=path, port="", op=op, errno=e), c) for (op, e), c in logged.items()],
+                    comm="nginx", remote=path)
 
 
 SYSCALL_RUNG_CONFIG = """

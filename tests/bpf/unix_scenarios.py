@@ -12,6 +12,7 @@ import os
 import select
 import signal
 import socket
+import threading
 import time
 
 from .scenarios import _set_comm, make_comm
@@ -211,3 +212,33 @@ def _connects(rep, addresses, blocking=True):
 def connects(comm_prefix, addresses, blocking=True):
     """connect() to each address (str paths, or bytes with a leading NUL for abstract names)."""
     return run_as(comm_prefix, "cli", _connects, addresses, blocking)
+
+
+class ClosingUpstream:
+    """A unix-socket upstream in a thread: accepts `count` connections, reads the first bytes of each request
+    (its request line, at most 16 bytes) and closes with the rest unread, so the proxy's next recv() fails with
+    ECONNRESET (php-fpm killed mid-request does this to nginx)."""
+
+    def __init__(self, path, count):
+        self.path, self.count, self.closed = path, count, 0
+        self.listener = listener(path, backlog=16)
+        self.listener.settimeout(DEADLINE)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        try:
+            for _ in range(self.count):
+                conn, _ = self.listener.accept()
+                conn.settimeout(DEADLINE)
+                conn.recv(16)
+                time.sleep(0.05)  # the rest of the request is queued: the close then resets
+                conn.close()
+                self.closed += 1
+        except OSError:
+            pass
+        finally:
+            self.listener.close()
+
+    def join(self):
+        self.thread.join(DEADLINE)
