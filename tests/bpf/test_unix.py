@@ -214,7 +214,7 @@ def test_nginx_unix_upstream_resets(daemon, tmp_path):
         upstream.join()
         time.sleep(0.3)  # the worker writes its log line after the failed read
         log = nginx.log()
-    assert upstream.closed == n
+    assert upstream.handled == n
     logged = {}
     for line in log.splitlines():
         m = rp.NGINX_FAILED.search(line)

@@ -12,9 +12,9 @@ import os
 import select
 import signal
 import socket
-import threading
 import time
 
+from .real_programs import ThreadServer
 from .scenarios import _set_comm, make_comm
 
 DEADLINE = 15.0
@@ -214,31 +214,15 @@ def connects(comm_prefix, addresses, blocking=True):
     return run_as(comm_prefix, "cli", _connects, addresses, blocking)
 
 
-class ClosingUpstream:
+class ClosingUpstream(ThreadServer):
     """A unix-socket upstream in a thread: accepts `count` connections, reads the first bytes of each request
-    (its request line, at most 16 bytes) and closes with the rest unread, so the proxy's next recv() fails with
-    ECONNRESET (php-fpm killed mid-request does this to nginx)."""
+    (at most 16) and closes with the rest unread, so the proxy's next recv() fails with ECONNRESET (php-fpm
+    killed mid-request does this to nginx). `handled`: the connections it closed so."""
 
     def __init__(self, path, count):
-        self.path, self.count, self.closed = path, count, 0
-        self.listener = listener(path, backlog=16)
-        self.listener.settimeout(DEADLINE)
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__(listener(path, backlog=16), count)
 
-    def _serve(self):
-        try:
-            for _ in range(self.count):
-                conn, _ = self.listener.accept()
-                conn.settimeout(DEADLINE)
-                conn.recv(16)
-                time.sleep(0.05)  # the rest of the request is queued: the close then resets
-                conn.close()
-                self.closed += 1
-        except OSError:
-            pass
-        finally:
-            self.listener.close()
-
-    def join(self):
-        self.thread.join(DEADLINE)
+    def handle(self, conn):
+        conn.recv(16)
+        time.sleep(0.05)  # the rest of the request is queued: the close then resets
+        conn.close()
