@@ -269,8 +269,9 @@ LAYOUT = {
                           "and a listener's drops in its last poll interval are lost with it",
     ("sock", "sk_drop_counters"): None,
     # unix stream and seqpacket sockets: the type, and the peer's path (unix_sock->peer->addr->name)
-    ("sock", "sk_type"): "errors on unix sockets are not counted",
-    ("unix_sock", "peer"): None,
+    ("sock", "sk_type"): None,
+    ("unix_sock", "peer"): "errors on unix sockets are not counted (no struct unix_sock in vmlinux BTF: af_unix "
+                           "built as a module?)",
     ("unix_sock", "addr"): None,
     ("unix_address", "len"): None,
     ("unix_address", "name"): None,
