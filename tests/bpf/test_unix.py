@@ -196,6 +196,7 @@ def test_unix_paths_map_is_bounded(tmp_path):
         assert r.errnos() == ["ENOENT"] * n
         got = counted(d, r.comm, n)
         by_remote = {dict(k)["remote"]: v for k, v in got.items()}
+        print("%d paths in one burst: %s" % (n, by_remote))  # shown with pytest -s
         assert set(by_remote) == {MANY_GROUP, "unknown"}, by_remote
     finally:
         assert d.stop() == 0, d.output()
@@ -221,7 +222,8 @@ def test_nginx_unix_upstream_resets(daemon, tmp_path):
         if m and 'upstream: "http://unix:%s:' % path in line:
             key = (rp.NGINX_OPS[m.group(1)], rp.errno_name(m.group(2)))
             logged[key] = logged.get(key, 0) + 1
-    print("nginx's own account: %s; statuses %s" % (logged, statuses))
+    print("nginx's own account: %s; statuses %s; e.g. %s" % (logged, statuses, next(
+        (line for line in log.splitlines() if rp.NGINX_FAILED.search(line)), None)))
     assert logged == {("recv", "ECONNRESET"): n}, log
     assert all(" 502 " in s for s in statuses), statuses
     daemon.wait_for("errnomon_socket_errors_total",
