@@ -800,6 +800,47 @@ int sweep_listeners(struct bpf_raw_tracepoint_args *ctx)
         sweep_one(ctx->args[i]);
     return 0;
 }
+
+/* Listeners older than errnomon: no listen() told the programs about them. The daemon finds them at start-up
+ * with sock_diag (cookie, owner, drop counter then) and puts each in listen_adopt, keyed by its cookie; this
+ * iterator (bpf_iter tcp, 5.9+: the sockets of the network namespace of whoever creates the iterator), run
+ * once in each of their namespaces, moves every one it finds into listen_socks. From there the sweep and the
+ * close count their drops like the others', and no namespace has to be polled. An entry left in listen_adopt
+ * (listen_socks full, or the socket gone) tells the daemon to keep polling that listener. */
+#if defined(HAVE_BPF_ITER_TCP) && defined(OFF_SOCK_COMMON_SKC_COOKIE)
+BPF_HASH(listen_adopt, u64, struct errnomon_listen_sock, LISTEN_SOCKETS);
+
+struct errnomon_iter_meta {
+    void *seq;
+    u64 session_id;
+    u64 seq_num;
+};
+/* the context of the tcp iterator (bpf_iter_tcp's arguments, net/ipv4/tcp_ipv4.c); not in any header */
+struct bpf_iter__tcp {
+    struct errnomon_iter_meta *meta;
+    void *sk_common;
+    u32 uid;
+};
+
+int bpf_iter__tcp(struct bpf_iter__tcp *ctx)
+{
+    void *sk = ctx->sk_common;
+    u64 cookie = 0, skp = (u64)sk;
+    struct errnomon_listen_sock *l;
+
+    if (!sk || sock_state(sk) != TCP_LISTEN)
+        return 0;
+    bpf_probe_read_kernel(&cookie, sizeof(cookie), sk + OFF_SOCK_COMMON_SKC_COOKIE);
+    if (!cookie)
+        return 0;
+    l = listen_adopt.lookup(&cookie);
+    if (!l)
+        return 0;
+    if (listen_socks.insert(&skp, l) == 0)
+        listen_adopt.delete(&cookie);
+    return 0;
+}
+#endif
 #endif
 
 /* inet_sock_set_state also fires for SCTP and DCCP sockets: only TCP's (and MPTCP subflows') count.

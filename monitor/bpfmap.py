@@ -27,6 +27,7 @@ BPF_PROG_TEST_RUN = 10
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_MAP_LOOKUP_BATCH = 24
 BPF_MAP_DELETE_BATCH = 27
+BPF_ITER_CREATE = 33
 
 
 class _ElemAttr(ctypes.Structure):
@@ -104,6 +105,25 @@ def run_raw_tracepoint(prog_fd, args):
     return attr.retval
 
 
+class _IterCreateAttr(ctypes.Structure):
+    _fields_ = [("link_fd", ctypes.c_uint32), ("flags", ctypes.c_uint32)]
+
+
+def run_iterator(link_fd, chunk=1 << 16):
+    """Run a BPF iterator once: create it from its link (BPF_ITER_CREATE: in the calling thread's network
+    namespace, for the namespaced ones) and read it to the end. Raises OSError where the kernel refuses."""
+    ret = _libc.syscall(_NR_BPF, BPF_ITER_CREATE, ctypes.byref(_IterCreateAttr(link_fd=link_fd)),
+                        ctypes.sizeof(_IterCreateAttr))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "BPF_ITER_CREATE: " + os.strerror(err))
+    try:
+        while os.read(ret, chunk):
+            pass
+    finally:
+        os.close(ret)
+
+
 def keys(fd, key_size, most):
     """The keys (bytes) of a hash map of at most `most` entries, one BPF_MAP_GET_NEXT_KEY a key. A key deleted
     meanwhile makes the kernel start over from the first: bounded, and each key listed once."""
@@ -141,6 +161,12 @@ def lookup(fd, key, value_size):
     vb = ctypes.create_string_buffer(value_size)
     err = _bpf(BPF_MAP_LOOKUP_ELEM, _ElemAttr(map_fd=fd, key=ctypes.addressof(kb), value=ctypes.addressof(vb)))
     return None if err else vb.raw
+
+
+def delete(fd, key):
+    """Delete key (bytes); False if it was not there."""
+    kb = ctypes.create_string_buffer(key, len(key))
+    return _bpf(BPF_MAP_DELETE_ELEM, _ElemAttr(map_fd=fd, key=ctypes.addressof(kb))) == 0
 
 
 def update(fd, key, value, flags=0):

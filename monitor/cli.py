@@ -15,6 +15,7 @@ EXAMPLES = """examples:
   errnomon --config.check --config.file=config.example.yaml
   curl -s localhost:9779/metrics | grep errnomon_socket_errors_total
   errnomon top [--url http://127.0.0.1:9779/metrics] [--interval 1]   # live view of a running errnomon
+  errnomon errors [-f] [--json] [--comm nginx] [--errno ECONNRESET]    # its latest errors and their causes
 
 Needs root (or CAP_BPF, CAP_PERFMON and CAP_DAC_READ_SEARCH), bcc (python3-bpfcc) and kernel headers: 'make setup' installs them.
 SIGHUP reloads the config (read in the background; a bad file is logged and the running config and
@@ -78,6 +79,9 @@ def main(argv=None):
     if argv[:1] == ["top"]:  # the live view: any user, no bcc; 'errnomon top --help' for its flags
         from . import top
         return top.main(argv[1:])
+    if argv[:1] == ["errors"]:  # the latest error events (GET /errors): any user, no bcc
+        from . import errorlog
+        return errorlog.main(argv[1:])
     args = build_parser().parse_args(argv)
     from . import web
     problem = web.check_telemetry_path(args.telemetry_path)

@@ -213,7 +213,8 @@ class Daemon:
         self.aggregator = Aggregator(self.config, unit_of=UnitResolver(), pod_of=self.pods.get)
         self.drain = Drain(self.programs, count_flags(self.config))
         sweep = self.programs.listen_sweep
-        self.listen_queues = ListenQueues(kernel=KernelListeners(*sweep) if sweep else None)
+        self.listen_queues = ListenQueues(kernel=KernelListeners(*sweep, adopt=self.programs.listen_adopt)
+                                          if sweep else None)
         self.poll_listeners()  # the baseline: drops from before start-up are not ours
         self.registry.register(ErrnoCollector(self.aggregator, self._status))
         ProcessCollector(registry=self.registry)

@@ -9,8 +9,10 @@ host-wide ListenDrops. No tracepoint fires there. Two ways to read the counter, 
      and a listener's last ones are counted; a sweep every poll (the sweep_listeners program, run through
      BPF_PROG_TEST_RUN over the followed sockets) counts those of listeners still open. Its cost grows with
      the listeners, not with the processes or network namespaces of the host. Listeners older than errnomon
-     are not followed (no event told the programs about them): they are found once at start-up, in every
-     network namespace, and read by (2) in their namespaces only, until they close.
+     (no event told the programs about them) are found once at start-up, in every network namespace, and
+     handed to the programs by the tcp iterator (KernelListeners.adopt), run once in each of their
+     namespaces; those it cannot hand over (no iterator in the kernel or bcc) are read by (2) in their
+     namespaces only, until they close.
   2. sock_diag (the fallback rung, where the kernel has no sk_drops in BTF or no inet_sock_set_state): a dump
      of the LISTEN sockets with INET_DIAG_SKMEMINFO in every network namespace that has processes (found by
      a scan of /proc), each poll. The counter is cumulative, so a poll only delays a count; but a listener's
@@ -111,6 +113,21 @@ def _setns(fd):
         raise OSError(err, "setns: " + os.strerror(err))
 
 
+def _enter(netns, pids):
+    """Move the calling thread into network namespace netns, through the first of its processes that still
+    exists."""
+    for pid in pids:
+        try:
+            fd = os.open("%s/%d/ns/net" % (PROC, pid), os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            return _setns(fd)
+        finally:
+            os.close(fd)
+    raise OSError(3, "no process of netns %d left" % netns)
+
+
 def network_namespaces(proc=PROC):
     """{netns inode: [pids in it]} for every process whose namespace we may read."""
     spaces = {}
@@ -132,9 +149,11 @@ class KernelListeners:
     BATCH = abi.DEFINES["LISTEN_SWEEP_BATCH"]
     MOST = abi.DEFINES["LISTEN_SOCKETS"]
 
-    def __init__(self, map_fd, prog_fd):
+    def __init__(self, map_fd, prog_fd, adopt=None):
         self.map_fd = map_fd
         self.prog_fd = prog_fd
+        # (listen_adopt map fd, tcp iterator link fd): hands listeners older than errnomon to the programs
+        self.adopt_fd, self.iter_link = adopt if adopt else (None, None)
 
     def _keys(self):
         return bpfmap.keys(self.map_fd, 8, self.MOST)
@@ -146,6 +165,24 @@ class KernelListeners:
             batch = keys[i:i + self.BATCH]
             bpfmap.run_raw_tracepoint(self.prog_fd, batch + [0] * (self.BATCH - len(batch)))
         return len(keys)
+
+    def adopt(self, listeners, enter=None):
+        """Hand listeners older than errnomon to the programs: listeners is {cookie: ListenSock as listen_socks
+        will hold it (owner, the drop counter already accounted for)}. The tcp iterator runs once in the calling
+        thread's network namespace, after enter() (a setns) if given, and moves each one it finds into
+        listen_socks. Returns the cookies adopted; the others stay with the caller. Without the iterator, none."""
+        if self.adopt_fd is None or not listeners:
+            return set()
+        keys = {cookie: struct.pack("=Q", cookie) for cookie in listeners}
+        for cookie, value in listeners.items():
+            bpfmap.update(self.adopt_fd, keys[cookie], bytes(value))
+        try:
+            if enter is not None:
+                enter()
+            bpfmap.run_iterator(self.iter_link)
+        finally:  # whatever happened, nothing stays behind for a later run to adopt by mistake
+            left = {cookie for cookie, key in keys.items() if bpfmap.delete(self.adopt_fd, key)}
+        return set(listeners) - left
 
     def cookies(self):
         """The socket cookies of the followed listeners, as the last sweep read them (0s left out)."""
@@ -194,18 +231,7 @@ class ListenQueues:
         if ds is not None:
             return listeners_in(ds)
         if netns != self.own_netns:
-            for pid in pids:
-                try:
-                    fd = os.open("%s/%d/ns/net" % (PROC, pid), os.O_RDONLY)
-                except OSError:
-                    continue
-                try:
-                    _setns(fd)
-                finally:
-                    os.close(fd)
-                break
-            else:
-                raise OSError(3, "no process of netns %d left" % netns)
+            _enter(netns, pids)
         if self.kernel is None or not self.first:
             return self.dump()
         ds = open_diag()
@@ -267,7 +293,7 @@ class ListenQueues:
             spaces = self.spaces()
         else:
             spaces = {netns: () for netns in self.older}
-        events, current = [], {}
+        events, current, ports = [], {}, {}
         dumps = self._dump_all(spaces)
         for netns, pids in spaces.items():
             listeners = dumps.get(netns, RuntimeError("not read"))
@@ -290,6 +316,7 @@ class ListenQueues:
             owners = self._owners([l for l in listeners if (netns, l.cookie) not in self.seen])
             for l in listeners:
                 key = (netns, l.cookie)
+                ports[key] = l.port
                 entry = self.seen.get(key)
                 if entry is None:
                     entry = [l.drops if self.first else 0, owners[l.inode]]
@@ -308,9 +335,52 @@ class ListenQueues:
                     if not self.older[netns]:
                         self._release(netns)
                 current = {k: v for k, v in current.items() if k[1] not in followed}
+                current = self._adopt(spaces, current, ports)
         self.seen = current
         self.first = False
         return events
+
+    def _adopt(self, spaces, current, ports):
+        """Hand the older listeners to the programs (KernelListeners.adopt), one network namespace at a time:
+        ours from this thread, the others from a throwaway one that setns moves from one to the next. Returns
+        current without the adopted ones; the rest stay polled through their namespace's sock_diag socket."""
+        if self.kernel is None or getattr(self.kernel, "adopt_fd", None) is None or not self.older:
+            return current
+        adopted = {}
+
+        def values(netns):
+            out = {}
+            for cookie in self.older.get(netns, ()):
+                drops, owner = current[(netns, cookie)]
+                o = abi.Owner(port=ports[(netns, cookie)])
+                if owner is not None:
+                    o.tgid, o.cgroup, o.comm = owner.tgid, owner.cgroup, owner.comm
+                out[cookie] = abi.ListenSock(owner=o, drops=drops, cookie=cookie)
+            return out
+
+        def run(namespaces):
+            for netns in namespaces:
+                try:
+                    adopted[netns] = self.kernel.adopt(values(netns), None if netns == self.own_netns else
+                                                       (lambda n=netns: _enter(n, spaces.get(n, ()))))
+                except Exception as e:  # noqa: BLE001 - those listeners stay polled
+                    log.debug("older listeners of netns %d not adopted: %s", netns, e)
+        run([n for n in self.older if n == self.own_netns])
+        others = [n for n in self.older if n != self.own_netns]
+        if others:
+            t = threading.Thread(target=run, args=(others,), name="listen-adopt", daemon=True)
+            t.start()
+            t.join()
+        for netns, cookies in adopted.items():
+            self.older[netns] -= cookies
+            current = {k: v for k, v in current.items() if not (k[0] == netns and k[1] in cookies)}
+            if not self.older[netns]:
+                self._release(netns)
+        n = sum(len(c) for c in adopted.values())
+        if n:
+            log.info("%d listeners older than errnomon handed to the programs (tcp iterator); %d left to polling",
+                     n, sum(len(c) for c in self.older.values()))
+        return current
 
     @staticmethod
     def _event(owner, port):

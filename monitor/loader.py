@@ -278,7 +278,8 @@ LAYOUT = {
     ("numa_drop_counters", "drops0"): None,
     ("numa_drop_counters", "drops1"): None,
 }
-BASES = {("sk_buff", "cb"), ("sock", "sk_error_queue"), ("unix_address", "name")}  # members read only as the start of something else: any size
+# members read only as the start of something else: any size
+BASES = {("sk_buff", "cb"), ("sock", "sk_error_queue"), ("unix_address", "name")}
 # Members read whole as an unsigned integer of their own size: -D<NAME>=u8/u16/u32/u64.
 LAYOUT_TYPES = {("pipe_inode_info", "tail"): "PIPE_INDEX_TYPE"}
 STABLE_HEAD = {"skc_daddr": 0, "skc_dport": 12, "skc_num": 14, "skc_family": 16, "skc_state": 18}
@@ -526,6 +527,8 @@ MAPS = ("counts", "drops", "settings", "seeded", "listeners", "wakeups")
 LISTEN_SWEEP = "sweep_listeners"
 # compiled with the unix_sock layout from BTF: the paths of unix sockets' peers, by hash (monitor/decode.py)
 UNIX_PATHS = "unix_paths"
+# and, where the kernel has the tcp iterator (5.9+), the one that adopts listeners older than errnomon
+LISTEN_ADOPT = "bpf_iter__tcp"
 # bcc names of the function-hook programs: KFUNC_PROBE/KRETFUNC_PROBE (kfunc__vmlinux__ from bcc 0.23),
 # and the kprobes the child attaches itself (any other prefix would make bcc attach them on its own)
 _FUNCTION_PROGRAM = re.compile(r"^(kfunc|kretfunc|errnomon_kprobe|errnomon_entry|errnomon_return)__(?:vmlinux__)?(\w+)$")
@@ -556,16 +559,18 @@ class Programs:
     close() detaches."""
 
     def __init__(self, map_fds, attachment_fds, attached, formats, flags, prog_fds=None, ephemeral=(0, 0),
-                 legacy_kprobes=(), tracefs=None, listen_sweep=None, unix_paths_fd=None):
+                 legacy_kprobes=(), tracefs=None, listen_sweep=None, listen_adopt=None, unix_paths_fd=None):
         self.counts_fd, self._drops_fd, self._settings_fd = (map_fds[name] for name in MAPS[:3])
         self.seeded_fd, self.listeners_fd = map_fds["seeded"], map_fds["listeners"]  # monitor/seed.py
         self.wakeups_fd = map_fds["wakeups"]  # monitor/drain.py
         self.prog_fds = dict(prog_fds or {})  # probe name -> program fd
         # (listen_socks map fd, sweep_listeners program fd), or None where the kernel has no listen tracking
         self.listen_sweep = listen_sweep
+        # (listen_adopt map fd, tcp iterator link fd), or None where the kernel or bcc has no tcp iterator
+        self.listen_adopt = listen_adopt
         self.unix_paths_fd = unix_paths_fd  # unix_paths, or None where BTF lacks the unix_sock layout
         self._fds = list(map_fds.values()) + list(attachment_fds) + list(self.prog_fds.values()) + \
-            list(listen_sweep or ()) + ([unix_paths_fd] if unix_paths_fd is not None else [])
+            list(listen_sweep or ()) + list(listen_adopt or ()) + ([unix_paths_fd] if unix_paths_fd is not None else [])
         self.attached = attached          # signal -> [(probe, attached)]
         self.formats = formats            # tracepoint -> format file text (None if missing)
         self.flags = flags
@@ -712,13 +717,21 @@ def _compile_and_attach(sock, tracefs, flags, chosen):
             except OSError as e:  # before 5.10 raw tracepoint programs cannot be run so
                 raise SweepRefused(str(e))
             fds += [bpf["listen_socks"].get_fd(), prog.fd]
+        adopt = None
+        if sweep and "-DHAVE_BPF_ITER_TCP" in flags:
+            try:
+                adopt = _iterator_link(bcc, bpf, LISTEN_ADOPT)
+                fds += [bpf["listen_adopt"].get_fd(), adopt]
+            except Exception as e:  # an older bcc or kernel: the daemon polls the older listeners instead
+                adopt = str(e)
         try:  # compiled where BTF gives the unix_sock layout
             fds.append(bpf[UNIX_PATHS].get_fd())
             unix_paths = True
         except KeyError:
             unix_paths = False
         message = {"flags": flags, "programs": [p for p, _ in programs], "attachments": len(attachments),
-                   "listen_sweep": sweep, "unix_paths": unix_paths,
+                   "listen_sweep": sweep, "listen_adopt": adopt if isinstance(adopt, str) else bool(adopt),
+                   "unix_paths": unix_paths,
                    "legacy": _legacy_kprobe_events(tracefs, os.getpid()),
                    "bcc": getattr(bcc, "__version__", "unknown")}
     except FentryRefused as e:
@@ -730,6 +743,20 @@ def _compile_and_attach(sock, tracefs, flags, chosen):
     except Exception as e:  # anything else must still reach the parent as one line
         fds, message = [], {"error": "loading the BPF programs failed: %s: %s" % (type(e).__name__, e)}
     socket.send_fds(sock, [json.dumps(message).encode()], fds)
+
+
+def _iterator_link(bcc, bpf, name):
+    """The fd of a link that makes iterators of program `name`: BPF_PROG_TYPE_TRACING, attached as
+    BPF_TRACE_ITER to the target its name gives after bpf_iter__ (bcc infers both from the name)."""
+    import ctypes
+    prog = bpf.load_func(name.encode(), bcc.BPF.TRACING)
+    attach = bcc.libbcc.lib.bcc_iter_attach
+    attach.restype = ctypes.c_int
+    attach.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+    link = attach(prog.fd, None, 0)
+    if link < 0:
+        raise OSError(-link, "bcc_iter_attach: " + os.strerror(-link))
+    return link
 
 
 def _run_child(tracefs, flags, chosen):
@@ -763,6 +790,8 @@ def plan(tracefs, formats, kernel_btf, layout, map_size, max_sockets, syscalls, 
     chosen, why = choose_hooks(kernel, families, syscalls)
     flags = compile_flags(chosen_tracepoints(chosen), formats, map_size, max_sockets, layout,
                           send_reset_arity(kernel_btf), hook_flags(chosen, kernel))
+    if kernel_btf is not None and kernel_btf.func_proto("bpf_iter_tcp"):
+        flags.append("-DHAVE_BPF_ITER_TCP")
     return chosen, why, flags
 
 
@@ -820,10 +849,17 @@ def load(tracefs, map_size, max_sockets, syscall_tracepoints=False, print_only=F
     m = n + len(message["programs"])
     prog_fds = dict(zip(message["programs"], fds[n:m]))
     attached = attachment_report(chosen, syscall_tracepoints)
+    # after the programs: listen_socks and its sweep, listen_adopt and its iterator, unix_paths, each if compiled
     sweep = 2 if message.get("listen_sweep") else 0
+    adopted = 2 if message.get("listen_adopt") is True else 0
+    adopt = tuple(fds[m + sweep:m + sweep + adopted]) or None
+    if isinstance(message.get("listen_adopt"), str):
+        log.info("no tcp iterator (%s): listeners older than errnomon are read by sock_diag in their network "
+                 "namespaces at each poll", message["listen_adopt"])
     programs = Programs(map_fds, fds[len(MAPS):n], attached, formats, message["flags"], prog_fds, ephemeral_ports(),
                         message.get("legacy", ()), tracefs, listen_sweep=tuple(fds[m:m + sweep]) or None,
-                        unix_paths_fd=fds[m + sweep] if message.get("unix_paths") else None)
+                        listen_adopt=adopt,
+                        unix_paths_fd=fds[m + sweep + adopted] if message.get("unix_paths") else None)
     if not programs.listen_sweep and any(f.startswith("-DOFF_SOCK_SK_DROPS=") for f in layout):
         # (without sk_drops in BTF the BTF warning above says so)
         log.warning("no inet_sock_set_state tracepoint: listen drops are read by polling every network namespace's "

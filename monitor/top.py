@@ -2,12 +2,13 @@
 
     errnomon top [--url URL] [--interval SECONDS] [--once]
 
-It only reads the Prometheus text exposition over HTTP, so it runs on any machine and as any user: this
-module must not import bcc, nor any monitor module that does (it imports only logs and cli, which do not).
+It only reads the Prometheus text exposition (and the latest error events, GET /errors) over HTTP, so it runs
+on any machine and as any user: this module must not import bcc, nor any monitor module that does (it
+imports only logs, cli, client and eventview, which do not).
 
 Structure, so that everything but the terminal is testable without one:
 
-- fetch(url) -> Result         one scrape: parsed samples, or the reason it failed
+- fetch(url) -> Result         one scrape: parsed samples and the latest events, or the reason it failed
 - Tracker.update(result) -> Frame
                                per-second rates from the previous successful scrape, over the real time
                                elapsed between the two; a counter that went down (or a daemon that
@@ -19,20 +20,17 @@ Structure, so that everything but the terminal is testable without one:
 
 import argparse
 import collections
-import http.client
+import json
 import os
 import signal
-import socket
 import sys
 import threading
 import time
 import unicodedata
-import urllib.error
-import urllib.parse
-import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from . import client, eventview
 from .logs import escape_controls
 
 DEFAULT_URL = "http://127.0.0.1:9779/metrics"
@@ -78,6 +76,7 @@ SECTIONS = (
     ), 5),
 )
 RATE_HEADER, TOTAL_HEADER = "RATE/s", "TOTAL"
+EVENTS_SHOWN = 5  # the latest error events under the tables, newest first, where the height leaves room
 TOTAL_DROP = 2  # TOTAL goes after OP, before PORT and REMOTE
 RIGHT = ("port",)  # label columns aligned right, like the numbers
 HARD_FLOOR = 3
@@ -93,18 +92,13 @@ class FetchError(Exception):
     pass
 
 
-Result = collections.namedtuple("Result", "samples error mono wall")  # samples: {name: {labels: value}}
+# samples: {name: {labels: value}}; events: the latest error events of GET /errors (None: none to show)
+Result = collections.namedtuple("Result", "samples error mono wall events", defaults=(None,))
 
 
 def normalize_url(url):
     """'host:port' -> 'http://host:port/metrics'; a URL with a path is kept as it is."""
-    url = url.strip()
-    if "://" not in url:
-        url = "http://" + url
-    parts = urllib.parse.urlsplit(url)
-    if parts.path in ("", "/") and not parts.query:
-        url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/metrics", "", ""))
-    return url
+    return client.normalize_url(url, "/metrics")
 
 
 def parse(text):
@@ -118,27 +112,15 @@ def parse(text):
     return samples
 
 
-def _reason(e):
-    if isinstance(e, urllib.error.HTTPError):
-        return "HTTP %d %s" % (e.code, e.reason)
-    if isinstance(e, urllib.error.URLError):
-        e = e.reason
-    if isinstance(e, (socket.timeout, TimeoutError)):
-        return "timed out"
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror
-    return str(e) or type(e).__name__
-
-
-def fetch(url, timeout=5.0):
-    """One scrape; never raises for what the network or the endpoint can do."""
+def fetch(url, timeout=5.0, http=None, events_url=None):
+    """One scrape (and, given events_url, the latest error events); never raises for what the network or
+    the endpoint can do. An endpoint without /errors (an older errnomon) just shows no events."""
+    http = http or client.Client()
     try:
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as r:
-                body = r.read()
-        # ValueError: not a URL urllib can open; HTTPException: a broken HTTP answer (http.client's own)
-        except (OSError, ValueError, urllib.error.URLError, http.client.HTTPException) as e:
-            raise FetchError(_reason(e))
+            body = http.get(url, timeout=timeout)
+        except client.ClientError as e:
+            raise FetchError(str(e))
         try:
             samples = parse(body.decode("utf-8", "replace"))
         except Exception as e:  # the parser raises ValueError and friends on anything malformed
@@ -148,14 +130,21 @@ def fetch(url, timeout=5.0):
     except FetchError as e:
         message = escape_controls(" ".join(str(e).split()))  # one line, whatever the reason looked like
         return Result(None, message, time.monotonic(), time.time())
-    return Result(samples, None, time.monotonic(), time.time())
+    events = None
+    if events_url:
+        try:
+            payload = json.loads(http.get(events_url, timeout=timeout, accept="application/json"))
+            events = [e for e in payload["events"] if isinstance(e, dict)]
+        except (client.ClientError, ValueError, KeyError, TypeError):
+            events = None
+    return Result(samples, None, time.monotonic(), time.time(), events)
 
 
 class Frame:
     """What one screen shows. sections: [(Section, [Row])]."""
 
     def __init__(self, url, interval, wall=None, sections=None, series=0, warnings=(), error=None,
-                 rates=False, waiting=False):
+                 rates=False, waiting=False, events=()):
         self.url = url
         self.interval = interval
         self.wall = wall
@@ -165,6 +154,7 @@ class Frame:
         self.error = error
         self.rates = rates  # False until two scrapes
         self.waiting = waiting  # True before the first answer
+        self.events = list(events)  # the latest error events, oldest first
 
 
 def _start_time(samples):
@@ -246,14 +236,15 @@ class Tracker:
         if result.error is not None:
             f = self.frame
             self.frame = Frame(self.url, self.interval, result.wall, f.sections, f.series, f.warnings,
-                               result.error, f.rates)
+                               result.error, f.rates, events=f.events)
             return self.frame
         prev_samples, elapsed = (None, 0.0) if self.prev is None else (self.prev[0], result.mono - self.prev[1])
         rated = compute_rates(prev_samples, result.samples, elapsed)
         self.prev = (result.samples, result.mono)
         series = sum(len(rated[name]) for name in SERIES_METRICS)
         self.frame = Frame(self.url, self.interval, result.wall, [(s, group_rows(rated, s)) for s in SECTIONS],
-                           series, health(result.samples), None, prev_samples is not None)
+                           series, health(result.samples), None, prev_samples is not None,
+                           events=result.events or ())
         return self.frame
 
 
@@ -439,15 +430,25 @@ def render_styled(frame, width, height=None, ascii_only=False):
 
     (main, main_rows), rest = frame.sections[0], frame.sections[1:]
     main_limit, limits = None, [section.limit for section, _ in rest]
+    latest = list(reversed(frame.events))[:EVENTS_SHOWN]
     if height is not None:
+        # the latest errors only where the tables leave room for them
+        spare = height - len(out) - 3 - sum(3 if rows else 2 for _, rows in rest) - len(main_rows) - sum(
+            min(len(rows), s.limit) for s, rows in rest)
+        latest = latest[:max(spare - 2, 0)]
         # what is left for rows once the header, the titles and the column headers are drawn
-        room = height - len(out) - 3 - sum(3 if rows else 2 for _, rows in rest)
+        room = height - len(out) - 3 - sum(3 if rows else 2 for _, rows in rest) - (len(latest) + 2 if latest else 0)
         main_limit, limits = budget(len(main_rows), [min(len(rows), s.limit) for s, rows in rest], room)
     out.append(("", ""))
     out.extend(table(main, main_rows, width, main_limit, ell, ascii_only))
     for (section, rows), limit in zip(rest, limits):
         out.append(("", ""))
         out.extend(table(section, rows, width, limit, ell, ascii_only))
+    if latest:
+        out.append(("", ""))
+        out.append((cut("Latest errors (errnomon errors -f for all)", width, ell), "title"))
+        for e in latest:
+            out.append((cut(clean(eventview.format_line(e, date=False), ascii_only), width, ell), ""))
     if height is not None:
         out = out[:max(height, 0)]
     return out
@@ -465,8 +466,9 @@ def render(frame, width, height=None, ascii_only=False):
 class Fetcher(threading.Thread):
     """Scrapes every `interval` seconds in the background, so that q works even while a scrape hangs."""
 
-    def __init__(self, url, interval):
+    def __init__(self, url, interval, http=None):
         super().__init__(name="errnomon-top-fetch", daemon=True)
+        self.http = http
         self.url = url
         self.interval = interval
         self.lock = threading.Lock()
@@ -476,7 +478,7 @@ class Fetcher(threading.Thread):
     def run(self):
         while not self.stopping.is_set():
             started = time.monotonic()
-            result = fetch(self.url, timeout=max(5.0, self.interval))
+            result = fetch(self.url, max(5.0, self.interval), self.http, events_url(self.url))
             with self.lock:
                 self.results.append(result)
             self.stopping.wait(max(0.0, started + self.interval - time.monotonic()))
@@ -515,7 +517,11 @@ def _draw(curses, screen, frame, styles, ascii_only):
     curses.doupdate()
 
 
-def _loop(screen, url, interval, ascii_only):
+def events_url(url):
+    return client.sibling_url(url, "/errors", "limit=%d" % EVENTS_SHOWN)
+
+
+def _loop(screen, url, interval, ascii_only, http=None):
     import curses
     try:
         curses.curs_set(0)
@@ -524,7 +530,7 @@ def _loop(screen, url, interval, ascii_only):
     styles = _styles(curses)
     screen.timeout(100)
     tracker = Tracker(url, interval)
-    fetcher = Fetcher(url, interval)
+    fetcher = Fetcher(url, interval, http)
     fetcher.start()
     dirty = True
     try:
@@ -553,7 +559,7 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def run_curses(url, interval):
+def run_curses(url, interval, http=None):
     try:
         import curses
         import locale
@@ -568,7 +574,7 @@ def run_curses(url, interval):
     ascii_only = "utf" not in (locale.getpreferredencoding(False) or "").lower().replace("-", "")
     signal.signal(signal.SIGTERM, _interrupt)  # kill: restore the terminal too
     try:
-        return curses.wrapper(_loop, url, interval, ascii_only)
+        return curses.wrapper(_loop, url, interval, ascii_only, http)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: curses.wrapper has already restored the terminal
         return 0
     except curses.error as e:
@@ -577,14 +583,14 @@ def run_curses(url, interval):
         return 2
 
 
-def run_once(url, interval, width, out=None):
+def run_once(url, interval, width, out=None, http=None):
     """Two scrapes `interval` apart, then one frame as plain text. 2 and one line on stderr on failure."""
     out = out or sys.stdout
     tracker = Tracker(url, interval)
     for n in range(2):
         if n:
             time.sleep(interval)
-        result = fetch(url, timeout=max(5.0, interval))
+        result = fetch(url, max(5.0, interval), http, events_url(url))
         if result.error is not None:
             print("errnomon: error: cannot read %s: %s: is errnomon running? pass --url" % (url, result.error),
                   file=sys.stderr)
@@ -599,16 +605,7 @@ def run_once(url, interval, width, out=None):
 
 def check_url(url):
     """None if `url` (normalized) is an http(s) URL urllib can open, else what is wrong (one line)."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        parts.port  # raises ValueError for a port that is not a number in range
-    except ValueError as e:
-        return "--url %r is not a URL (%s): use e.g. http://127.0.0.1:9779/metrics" % (url, e)
-    if any(c.isspace() or not c.isprintable() for c in url):
-        return "--url %s holds spaces or control characters: use e.g. http://127.0.0.1:9779/metrics" % ascii(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "--url %r is not an http:// or https:// URL with a host: use e.g. http://127.0.0.1:9779/metrics" % url
-    return None
+    return client.check_url(url, DEFAULT_URL)
 
 
 def build_parser():
@@ -628,6 +625,7 @@ def build_parser():
                    help="seconds between scrapes (default: %(default)g)")
     p.add_argument("--once", action="store_true",
                    help="print one frame as plain text, rates over two scrapes --interval apart, and exit")
+    client.add_arguments(p)
     return p
 
 
@@ -643,16 +641,18 @@ def main(argv=None):
         url, problem = args.url, "--url %r is not a URL (%s): use e.g. http://127.0.0.1:9779/metrics" % (args.url, e)
     else:
         problem = check_url(url)
+    if not problem:
+        http, problem = client.options(args)
     if problem:
         print("errnomon: error: " + escape_controls(problem), file=sys.stderr)
         return 2
     if args.once:
         import shutil
-        return run_once(url, args.interval, shutil.get_terminal_size().columns)
+        return run_once(url, args.interval, shutil.get_terminal_size().columns, http=http)
     if not sys.stdout.isatty() or not sys.stdin.isatty():
         print("errnomon: error: errnomon top needs a terminal: use --once for plain text", file=sys.stderr)
         return 2
-    return run_curses(url, args.interval)
+    return run_curses(url, args.interval, http)
 
 
 if __name__ == "__main__":

@@ -80,6 +80,11 @@ missing=()
 for p in "${PKGS[@]}"; do installed "$p" || missing+=("$p"); done
 [ "${#missing[@]}" -eq 0 ] || apt_install "${missing[@]}"
 if [ "$MODE" = test ]; then
+    # a real browser engine for the HTML view of GET /errors (tests/bpf/test_errors_view.py); Debian's
+    # package (Ubuntu ships chromium only as a snap)
+    if ! installed chromium-headless-shell && in_apt chromium-headless-shell; then
+        apt_install chromium-headless-shell
+    fi
     missing=()
     for p in "${REAL_PROGRAMS[@]}"; do installed "$p" || missing+=("$p"); done
     [ "${#missing[@]}" -eq 0 ] || apt_install_no_services "${missing[@]}"

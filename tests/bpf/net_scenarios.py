@@ -237,16 +237,22 @@ def path_breaks(comm_prefix: str) -> dict:
 
 
 
-def _srv_forget(rep: _Reporter, family: int, accepted: _Event, forget: _Event) -> None:
+def _srv_accept_one(rep: _Reporter, family: int):
+    """(listener, the first connection it accepted), or None if the accept failed."""
     ls = socket.socket(family, socket.SOCK_STREAM)
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     ls.bind((SERVER, SERVICE_PORT))
     ls.listen(4)
     rep.set("port", SERVICE_PORT)
     res = rep.call("accept", ls.accept)
-    if res is FAILED:
+    return None if res is FAILED else (ls, res[0])
+
+
+def _srv_forget(rep: _Reporter, family: int, accepted: _Event, forget: _Event) -> None:
+    accepted_one = _srv_accept_one(rep, family)
+    if accepted_one is None:
         return
-    conn, _ = res
+    ls, conn = accepted_one
     accepted.set()
     _wait_event(forget, "the drop rule")
     _linger0(conn)  # the RST it sends is dropped: the connection vanishes from this host only
@@ -288,6 +294,71 @@ def peer_reboot(comm_prefix: str) -> dict:
                          (_srv_forget, (accepted, forget), "srv"),
                          (_cli_after_reboot, (SERVICE_PORT, rebooted), "cli"), conduct)
 
+
+
+CONNTRACK_TIMEOUT = 2  # seconds an idle established flow lives in the router's conntrack table
+
+
+def _srv_echo_once(rep: _Reporter, family: int, release: _Event) -> None:
+    accepted_one = _srv_accept_one(rep, family)
+    if accepted_one is None:
+        return
+    ls, conn = accepted_one
+    data = rep.call("recv", conn.recv, 64)
+    if data is not FAILED and data:
+        rep.call("send", conn.send, data, socket.MSG_NOSIGNAL)
+    _wait_event(release, "the end of the scenario", SCENARIO_TIMEOUT)
+    conn.close()  # still established here: the middlebox, not this host, ended the connection for the client
+    ls.close()
+
+
+def _cli_idle_past_conntrack(rep: _Reporter, family: int, port: int, idle: float) -> None:
+    s = _connect(rep, SERVER, port, True)
+    if s is None:
+        return
+    rep.set("local_port", s.getsockname()[1])
+    rep.call("send", s.send, b"ping", socket.MSG_NOSIGNAL)
+    rep.call("recv", s.recv, 64)
+    time.sleep(idle)  # the router's conntrack entry expires meanwhile
+    rep.call("send", s.send, b"again", socket.MSG_NOSIGNAL)  # queued; the router answers with its own RST
+    _bound(s, 5.0)
+    rep.call("recv", s.recv, 64, eof_is_errno=True)  # ECONNRESET
+    s.close()
+
+
+def conntrack_forgets(comm_prefix: str) -> dict:
+    """A stateful firewall between the hosts forgets an idle connection and answers the next segment with
+    its own RST, as a NAT gateway or load balancer with a short idle timeout does.
+
+    The router's conntrack keeps an established flow CONNTRACK_TIMEOUT s (its namespace's own
+    nf_conntrack_tcp_timeout_established; nf_conntrack_tcp_loose=0, so a mid-stream segment does not
+    create a new entry) and nftables rejects what conntrack calls invalid with a TCP reset. The client
+    exchanges one message, stays idle longer than that, and writes again: the RST comes from the router, the
+    server never sends one. Extra result key "rejected": the router rule's own packet counter.
+    Expected: errnos {"srv": [], "cli": ["ECONNRESET"]}.
+    """
+    release = _Event()
+
+    def prepare(net):
+        for name, value in (("nf_conntrack_tcp_loose", 0),
+                            ("nf_conntrack_tcp_timeout_established", CONNTRACK_TIMEOUT)):
+            _run(["ip", "netns", "exec", net.rtr, "sh", "-c",
+                  "echo %d >/proc/sys/net/netfilter/%s" % (value, name)])
+        _nft(net.rtr, "table inet errnomon_ct {\n chain forw {\n  type filter hook forward priority 0;\n"
+                      "  ct state invalid counter reject with tcp reset\n }\n}\n")
+        return SERVER
+
+    def conduct(net, srv, cli, deadline):
+        _finish([cli], deadline)
+        out = subprocess.run(["ip", "netns", "exec", net.rtr, "nft", "list", "table", "inet", "errnomon_ct"],
+                             capture_output=True, text=True, check=True, timeout=10).stdout
+        release.set()
+        words = out.split()
+        return {"rejected": int(words[words.index("packets") + 1])}
+
+    return _run_scenario("conntrack_forgets", comm_prefix, (release,), (_srv_echo_once, (release,), "srv"),
+                         (_cli_idle_past_conntrack, (SERVICE_PORT, CONNTRACK_TIMEOUT + 1.5), "cli"),
+                         conduct, prepare)
 
 
 def _netstat(netns: str) -> dict:

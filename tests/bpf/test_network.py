@@ -69,6 +69,20 @@ def test_peer_reboot(daemon):
                     comm="", remote=CLIENT)
 
 
+def test_a_firewall_that_forgets_an_idle_connection_resets_it_from_the_middle(daemon):
+    """The router's conntrack forgets the idle flow; its nftables rule answers the client's next segment
+    with an RST. The client gets ECONNRESET; the server sent no RST (ground truth: the router's rule counter
+    and each program's own errno)."""
+    r = net_scenarios.conntrack_forgets("uct")
+    assert r["errnos"]["cli"] == ["ECONNRESET"] and r["errnos"]["srv"] == []
+    assert r["rejected"] == 1
+    cli, srv = r["comms"]["cli"], r["comms"]["srv"]
+    peer = dict(remote=SERVER, port=str(SERVICE_PORT))
+    expect(daemon, cli, "errnomon_socket_errors_total", (dict(peer, errno="ECONNRESET", op="recv"), 1))
+    expect(daemon, cli, "errnomon_tcp_resets_received_total", (dict(peer, state="ESTABLISHED"), 1))
+    expect(daemon, srv, "errnomon_tcp_resets_sent_total")
+
+
 def test_listen_queue_overflow(daemon):
     """A listener with backlog 1 that never accepts: every SYN beyond its queue is dropped silently.
     errnomon's count per listener equals the namespace's own ListenDrops (and ListenOverflows)."""

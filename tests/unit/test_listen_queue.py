@@ -261,3 +261,41 @@ def test_without_the_kernel_every_poll_scans_every_namespace():
     h.listeners = {1: [listener(1, 0), listener(7, 2)]}
     assert increments(q.poll()) == [("", 8080, 0, 0, 2)]
     assert h.spaces_calls == 2
+
+
+class AdoptingKernel(FakeKernel):
+    """FakeKernel with the tcp iterator: adopt() takes the listeners whose cookies it can find."""
+
+    adopt_fd = 99
+
+    def __init__(self, findable):
+        super().__init__()
+        self.findable = set(findable)
+        self.given = {}
+
+    def adopt(self, listeners, enter=None):
+        self.given.update(listeners)
+        taken = set(listeners) & self.findable
+        self.followed |= taken
+        return taken
+
+
+def test_older_listeners_the_iterator_finds_are_handed_to_the_programs_with_owner_and_baseline():
+    h = Host()
+    h.pids = {1: [10], 2: [20]}
+    h.fds = {10: {1001}, 20: {2001}}
+    h.listeners = {1: [listener(1, 5)], 2: [listener(2, 7, port=9090, inode=2001)]}
+    k = AdoptingKernel(findable={1})
+    q = kernel_queues(h, k)
+    assert q.poll() == []
+    # both offered, each with its owner, port and the drops already accounted for (counted from there)
+    one, two = k.given[1], k.given[2]
+    assert (one.owner.tgid, one.owner.comm, one.owner.cgroup, one.owner.port, one.drops, one.cookie) == \
+        (10, b"p10", 100, 8080, 5, 1)
+    assert (two.owner.tgid, two.owner.port, two.drops) == (20, 9090, 7)
+    # the adopted one is the programs' now: its namespace is no longer read; the other stays polled
+    assert q.older == {2: {2}}
+    h.dumped = []
+    h.listeners = {1: [listener(1, 50)], 2: [listener(2, 8, port=9090, inode=2001)]}
+    assert increments(q.poll()) == [("p20", 9090, 20, 200, 1)]
+    assert h.dumped == [2]

@@ -178,6 +178,7 @@ def test_issue_alerts_exist():
         "ErrnomonSigpipeKilled", "ErrnomonProcessResetRatioHigh", "ErrnomonPeerResetRatioHigh",
         "ErrnomonPeerTimeouts", "ErrnomonConnectFailures", "ErrnomonDown", "ErrnomonProbeNotAttached",
         "ErrnomonProbeMissed", "ErrnomonCountsDropped", "ErrnomonSeriesOverflow", "ErrnomonListenQueueOverflow",
+        "ErrnomonResetsAfterIdle",
     }
     assert 'action="killed"' in exprs["ErrnomonSigpipeKilled"]
     assert 'up{job="errnomon"} == 0' in exprs["ErrnomonDown"]
