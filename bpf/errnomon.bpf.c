@@ -262,6 +262,57 @@ static __always_inline u8 sock_state(void *sk)
     return state;
 }
 
+#ifdef OFF_SOCKET_SK
+static __always_inline void *socket_sk(u64 sock)
+{
+    void *sk = 0;
+    if (sock)
+        bpf_probe_read_kernel(&sk, sizeof(sk), (void *)sock + OFF_SOCKET_SK);
+    return sk;
+}
+#endif
+
+/* From an fd to its socket through current->files: the syscalls rung of send/recv, and connect() on unix sockets. */
+#if defined(OFF_SOCKET_SK) && defined(OFF_TASK_STRUCT_FILES) && defined(OFF_FILES_STRUCT_FDT) && defined(OFF_FDTABLE_MAX_FDS) && \
+    defined(OFF_FDTABLE_FD) && defined(OFF_FILE_F_INODE) && defined(OFF_FILE_PRIVATE_DATA) && defined(OFF_INODE_I_MODE)
+#define HAVE_FD_SOCK 1
+#define S_IFMT_BITS 00170000
+#define S_IFSOCK_BITS 0140000
+
+/* the sock of an fd of the current task, or 0 if it is no socket */
+static __always_inline void *fd_sock(u32 fd)
+{
+    void *task = (void *)bpf_get_current_task(), *files = 0, *fdt = 0, *fds = 0, *file = 0, *inode = 0;
+    u64 sock = 0;
+    u32 max_fds = 0;
+    u16 mode = 0;
+
+    bpf_probe_read_kernel(&files, sizeof(files), task + OFF_TASK_STRUCT_FILES);
+    if (!files)
+        return 0;
+    bpf_probe_read_kernel(&fdt, sizeof(fdt), files + OFF_FILES_STRUCT_FDT);
+    if (!fdt)
+        return 0;
+    bpf_probe_read_kernel(&max_fds, sizeof(max_fds), fdt + OFF_FDTABLE_MAX_FDS);
+    if (fd >= max_fds)
+        return 0;
+    bpf_probe_read_kernel(&fds, sizeof(fds), fdt + OFF_FDTABLE_FD);
+    if (!fds)
+        return 0;
+    bpf_probe_read_kernel(&file, sizeof(file), fds + (u64)fd * sizeof(void *));
+    if (!file)
+        return 0;
+    bpf_probe_read_kernel(&inode, sizeof(inode), file + OFF_FILE_F_INODE);
+    if (!inode)
+        return 0;
+    bpf_probe_read_kernel(&mode, sizeof(mode), inode + OFF_INODE_I_MODE);
+    if ((mode & S_IFMT_BITS) != S_IFSOCK_BITS)
+        return 0;
+    bpf_probe_read_kernel(&sock, sizeof(sock), file + OFF_FILE_PRIVATE_DATA);
+    return socket_sk(sock);
+}
+#endif
+
 /* ---- send / recv return paths: the hot path ---- */
 
 static __always_inline void sigpipe_after_epipe(struct errnomon_key *key)
@@ -311,24 +362,115 @@ static __always_inline int sent_earlier_in_sendfile(void)
 #endif
 }
 
+/* ---- unix sockets: the peer's path, hashed into the key's remote, the path itself kept in unix_paths ---- */
+
+#if defined(OFF_UNIX_SOCK_PEER) && defined(OFF_UNIX_SOCK_ADDR) && defined(OFF_UNIX_ADDRESS_LEN) && \
+    defined(OFF_UNIX_ADDRESS_NAME) && defined(OFF_SOCK_SK_TYPE)
+#define HAVE_UNIX_SOCKETS 1
+#define AF_UNIX_NUM 1
+#define SOCK_STREAM_NUM 1
+#define SOCK_SEQPACKET_NUM 5
+BPF_TABLE("lru_hash", u64, struct errnomon_unix_path, unix_paths, UNIX_PATHS);
+
+/* A length the verifier sees within path[]. The barrier keeps clang from folding the clamp into an earlier
+ * check of len on another register, which the verifier cannot relate to the one passed. */
+static __always_inline u64 unix_path_len(u64 len)
+{
+    u64 n = len;
+    asm volatile("" : "+r"(n));
+    if (n > UNIX_PATH_LEN)
+        n = UNIX_PATH_LEN;
+    return n;
+}
+
+/* The hash of p->path (zero past its len bytes) and, for an abstract name (leading NUL, where trailing NULs
+ * are part of the name), its length; the path is kept under it. Never UNIX_HASH_UNNAMED. Error paths only. */
+static __always_inline u64 unix_path_keep(struct errnomon_unix_path *p)
+{
+    u64 h = 0xcbf29ce484222325ULL, *w = (u64 *)p->path;
+#pragma unroll
+    for (int i = 0; i < UNIX_PATH_WORDS; i++) {
+        h ^= w[i];
+        h *= 0x100000001b3ULL;
+        h ^= h >> 29;
+    }
+    if (p->path[0] == 0)
+        h ^= p->len;
+    h *= 0x100000001b3ULL;
+    h ^= h >> 32;
+    if (h == UNIX_HASH_UNNAMED)
+        h = 1;
+    if (!unix_paths.lookup(&h))
+        unix_paths.update(&h, p);
+    return h;
+}
+
+/* A bound socket's path (struct unix_address: len counts sun_family too), or UNIX_HASH_UNNAMED. */
+static __always_inline u64 unix_addr_hash(void *addr)
+{
+    struct errnomon_unix_path p = {};
+    int len = 0;
+    u64 n;
+    if (!addr)
+        return UNIX_HASH_UNNAMED;
+    bpf_probe_read_kernel(&len, sizeof(len), addr + OFF_UNIX_ADDRESS_LEN);
+    if (len <= 2)
+        return UNIX_HASH_UNNAMED;
+    n = unix_path_len(len - 2);
+    bpf_probe_read_kernel(p.path, n, addr + OFF_UNIX_ADDRESS_NAME + 2);
+    p.len = n;
+    return unix_path_keep(&p);
+}
+
+/* The remote of a unix socket: its peer's path (a client's peer is the listener's child, which has the
+ * listener's path); for a peer without one (the client of an accepted socket), the socket's own path, the
+ * service it belongs to, as the port of an accepted TCP socket is ours; else unnamed (socketpair). */
+static __always_inline void unix_peer_key(struct errnomon_key *key, void *sk)
+{
+    void *peer = 0, *addr = 0;
+    u64 h;
+    bpf_probe_read_kernel(&peer, sizeof(peer), sk + OFF_UNIX_SOCK_PEER);
+    if (peer)
+        bpf_probe_read_kernel(&addr, sizeof(addr), peer + OFF_UNIX_SOCK_ADDR);
+    if (!addr)
+        bpf_probe_read_kernel(&addr, sizeof(addr), sk + OFF_UNIX_SOCK_ADDR);
+    h = unix_addr_hash(addr);
+    key->family = AF_UNIX_NUM;
+    __builtin_memcpy(key->remote, &h, sizeof(h));
+}
+
+/* A socket whose errors count: connection-oriented (stream, seqpacket); datagram ones have no peer to lose. */
+static __always_inline int unix_connected(void *sk)
+{
+    u16 type = 0;
+    bpf_probe_read_kernel(&type, sizeof(type), sk + OFF_SOCK_SK_TYPE);
+    return type == SOCK_STREAM_NUM || type == SOCK_SEQPACKET_NUM;
+}
+#endif
+
 /* ret: what the socket call returned to its caller, negative */
 static __always_inline int io_error(void *sk, int ret, int op)
 {
     int err = countable(-ret);
     u16 family;
     struct errnomon_key key = {};
-    struct errnomon_owner *o;
+    struct errnomon_owner *o = 0;
 
     if (!err || !sk)
         return 0;
     family = sock_family(sk);
-    if (family != AF_INET && family != AF_INET6)
-        return 0;
-    o = owner_of(sk);
-    if (o) {
-        peer_from_owner(&key, o);
+    if (family == AF_INET || family == AF_INET6) {
+        o = owner_of(sk);
+        if (o)
+            peer_from_owner(&key, o);
+        else
+            peer_from_sock(&key, sk, family);
+#ifdef HAVE_UNIX_SOCKETS
+    } else if (family == AF_UNIX_NUM && unix_connected(sk)) {
+        unix_peer_key(&key, sk);
+#endif
     } else {
-        peer_from_sock(&key, sk, family);
+        return 0;
     }
     /* the error is the application's: process context */
     key_from_current(&key);
@@ -370,6 +512,68 @@ RAW_TRACEPOINT_PROBE(sock_recv_length)
 /* ---- connect / accept ---- */
 
 #if defined(HAVE_syscalls__sys_enter_connect) && defined(HAVE_syscalls__sys_exit_connect)
+#if defined(HAVE_UNIX_SOCKETS) && defined(HAVE_FD_SOCK)
+/* connect() on a unix stream or seqpacket socket in flight: the address the program passed */
+struct unix_connect {
+    u64 addr;
+    u32 len;
+    u32 pad;
+};
+BPF_TABLE("lru_hash", u32, struct unix_connect, unix_connects, 4096); /* tid -> its connect() in flight */
+
+static __always_inline void unix_connect_entered(u64 fd, u64 addr, u64 addrlen)
+{
+    u32 tid = bpf_get_current_pid_tgid();
+    void *sk = fd_sock(fd);
+    struct unix_connect c = {.addr = addr, .len = addrlen};
+    if (sk && unix_connected(sk))
+        unix_connects.update(&tid, &c);
+}
+
+/* Every errno counts, EAGAIN too: a unix connect() returns it for a listener whose backlog is full (a TCP one
+ * answers EINPROGRESS), never as part of ordinary non-blocking I/O. */
+static __always_inline void unix_connect_exited(long ret)
+{
+    u32 tid = bpf_get_current_pid_tgid();
+    struct unix_connect *c = unix_connects.lookup(&tid);
+    struct errnomon_unix_path p = {};
+    struct errnomon_key key = {};
+    u64 addr, h;
+    int err, len;
+
+    if (!c)
+        return;
+    addr = c->addr;
+    len = c->len - 2; /* sun_family */
+    unix_connects.delete(&tid);
+    if (ret >= 0 || len <= 0)
+        return;
+    err = -ret == EAGAIN ? EAGAIN : countable(-ret);
+    if (!err)
+        return;
+    bpf_probe_read_user(p.path, 1, (void *)addr + 2);
+    if (p.path[0] == 0) {
+        /* abstract: every byte of addrlen is the name */
+        u64 n = unix_path_len(len);
+        bpf_probe_read_user(p.path, n, (void *)addr + 2);
+        p.len = n;
+    } else {
+        /* a pathname ends at its NUL (or at addrlen); as the kernel keeps it, with the NUL */
+        int n = bpf_probe_read_user_str(p.path, unix_path_len(len) + 1, (void *)addr + 2);
+        if (n <= 0)
+            return;
+        p.len = n;
+    }
+    h = unix_path_keep(&p);
+    key_from_current(&key);
+    key.op = OP_CONNECT;
+    key.code = err;
+    key.family = AF_UNIX_NUM;
+    __builtin_memcpy(key.remote, &h, sizeof(h));
+    count(&key, METRIC_SOCKET_ERRORS);
+}
+#endif
+
 TRACEPOINT_PROBE(syscalls, sys_enter_connect)
 {
     u32 tid = bpf_get_current_pid_tgid();
@@ -378,6 +582,10 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect)
     bpf_probe_read_user(&family, sizeof(family), (void *)addr);
     if (family == AF_INET || family == AF_INET6)
         connects.update(&tid, &addr);
+#if defined(HAVE_UNIX_SOCKETS) && defined(HAVE_FD_SOCK)
+    else if (family == AF_UNIX_NUM)
+        unix_connect_entered(args->fd, addr, args->addrlen);
+#endif
     return 0;
 }
 
@@ -389,8 +597,12 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
     struct sockaddr_in6 sa = {};
     int err;
 
-    if (!addrp)
+    if (!addrp) {
+#if defined(HAVE_UNIX_SOCKETS) && defined(HAVE_FD_SOCK)
+        unix_connect_exited(args->ret);
+#endif
         return 0;
+    }
     bpf_probe_read_user(&sa, sizeof(sa), (void *)*addrp);
     connects.delete(&tid);
     if (args->ret >= 0)
@@ -1028,15 +1240,9 @@ RAW_TRACEPOINT_PROBE(signal_deliver)
 /* ---- function hooks: the rungs below a missing tracepoint (monitor/loader.py SIGNALS) ---- */
 
 /* send/recv return values before 6.3: what sock->ops->sendmsg/recvmsg (and ->sendpage, before 6.5) return
- * for AF_INET/AF_INET6 sockets is what the socket call returns, the value sock_send_length reports. */
+ * for AF_INET/AF_INET6 and unix stream/seqpacket sockets is what the socket call returns, the value
+ * sock_send_length reports. */
 #ifdef OFF_SOCKET_SK
-static __always_inline void *socket_sk(u64 sock)
-{
-    void *sk = 0;
-    if (sock)
-        bpf_probe_read_kernel(&sk, sizeof(sk), (void *)sock + OFF_SOCKET_SK);
-    return sk;
-}
 
 /* fexit: ctx[0..n-1] are the arguments, ctx[n] the return value (FEXIT_<fn> = n, from BTF). The success path
  * returns at once, as in the tracepoint programs. */
@@ -1064,11 +1270,25 @@ SOCKET_CALL_FEXIT(inet_recvmsg, OP_RECV)
 #ifdef FEXIT_inet6_recvmsg
 SOCKET_CALL_FEXIT(inet6_recvmsg, OP_RECV)
 #endif
+#ifdef FEXIT_unix_stream_sendmsg
+SOCKET_CALL_FEXIT(unix_stream_sendmsg, OP_SEND)
+#endif
+#ifdef FEXIT_unix_seqpacket_sendmsg
+SOCKET_CALL_FEXIT(unix_seqpacket_sendmsg, OP_SEND)
+#endif
+#ifdef FEXIT_unix_stream_recvmsg
+SOCKET_CALL_FEXIT(unix_stream_recvmsg, OP_RECV)
+#endif
+#ifdef FEXIT_unix_seqpacket_recvmsg
+SOCKET_CALL_FEXIT(unix_seqpacket_recvmsg, OP_RECV)
+#endif
 
 /* kretprobe: the return value only; the entry kprobe keeps the struct socket for it, per thread (a thread
  * is in at most one of these calls; LRU: a return the kernel missed leaves an entry that ages out). */
 #if defined(KRETPROBE_inet_sendmsg) || defined(KRETPROBE_inet6_sendmsg) || defined(KRETPROBE_inet_sendpage) || \
-    defined(KRETPROBE_inet_recvmsg) || defined(KRETPROBE_inet6_recvmsg)
+    defined(KRETPROBE_inet_recvmsg) || defined(KRETPROBE_inet6_recvmsg) || defined(KRETPROBE_unix_stream_sendmsg) || \
+    defined(KRETPROBE_unix_seqpacket_sendmsg) || defined(KRETPROBE_unix_stream_recvmsg) || \
+    defined(KRETPROBE_unix_seqpacket_recvmsg)
 BPF_TABLE("lru_hash", u32, u64, socket_calls, 16384); /* tid -> struct socket * of the call in flight */
 
 /* Written in place: an update and a delete per call cost some 700 instructions more than a lookup each
@@ -1126,6 +1346,22 @@ SOCKET_CALL_RETURN(inet_recvmsg, OP_RECV)
 #ifdef KRETPROBE_inet6_recvmsg
 SOCKET_CALL_ENTRY(inet6_recvmsg)
 SOCKET_CALL_RETURN(inet6_recvmsg, OP_RECV)
+#endif
+#ifdef KRETPROBE_unix_stream_sendmsg
+SOCKET_CALL_ENTRY(unix_stream_sendmsg)
+SOCKET_CALL_RETURN(unix_stream_sendmsg, OP_SEND)
+#endif
+#ifdef KRETPROBE_unix_seqpacket_sendmsg
+SOCKET_CALL_ENTRY(unix_seqpacket_sendmsg)
+SOCKET_CALL_RETURN(unix_seqpacket_sendmsg, OP_SEND)
+#endif
+#ifdef KRETPROBE_unix_stream_recvmsg
+SOCKET_CALL_ENTRY(unix_stream_recvmsg)
+SOCKET_CALL_RETURN(unix_stream_recvmsg, OP_RECV)
+#endif
+#ifdef KRETPROBE_unix_seqpacket_recvmsg
+SOCKET_CALL_ENTRY(unix_seqpacket_recvmsg)
+SOCKET_CALL_RETURN(unix_seqpacket_recvmsg, OP_RECV)
 #endif
 #endif /* OFF_SOCKET_SK */
 
@@ -1199,11 +1435,7 @@ int errnomon_kprobe__tcp_v6_send_reset(struct pt_regs *ctx)
  * enter keeps the fd per thread, the exit finds its socket through current->files (an inode of type socket:
  * read/write/readv/writev on pipes and files are not counted) and reads the return value. Every system call
  * of every process then takes the kernel's traced path: only where no other rung exists. */
-#if (defined(SYSCALLS_SEND_ERRORS) || defined(SYSCALLS_RECV_ERRORS)) && defined(OFF_SOCKET_SK) && \
-    defined(OFF_TASK_STRUCT_FILES) && defined(OFF_FILES_STRUCT_FDT) && defined(OFF_FDTABLE_MAX_FDS) && \
-    defined(OFF_FDTABLE_FD) && defined(OFF_FILE_F_INODE) && defined(OFF_FILE_PRIVATE_DATA) && defined(OFF_INODE_I_MODE)
-#define S_IFMT_BITS 00170000
-#define S_IFSOCK_BITS 0140000
+#if (defined(SYSCALLS_SEND_ERRORS) || defined(SYSCALLS_RECV_ERRORS)) && defined(HAVE_FD_SOCK)
 BPF_TABLE("lru_hash", u32, u32, syscall_fds, 16384); /* tid -> fd of the socket call in flight */
 
 static __always_inline int syscall_entered(u64 fd)
@@ -1211,39 +1443,6 @@ static __always_inline int syscall_entered(u64 fd)
     u32 tid = bpf_get_current_pid_tgid(), f = fd;
     syscall_fds.update(&tid, &f);
     return 0;
-}
-
-/* the sock of an fd of the current task, or 0 if it is no socket */
-static __always_inline void *fd_sock(u32 fd)
-{
-    void *task = (void *)bpf_get_current_task(), *files = 0, *fdt = 0, *fds = 0, *file = 0, *inode = 0;
-    u64 sock = 0;
-    u32 max_fds = 0;
-    u16 mode = 0;
-
-    bpf_probe_read_kernel(&files, sizeof(files), task + OFF_TASK_STRUCT_FILES);
-    if (!files)
-        return 0;
-    bpf_probe_read_kernel(&fdt, sizeof(fdt), files + OFF_FILES_STRUCT_FDT);
-    if (!fdt)
-        return 0;
-    bpf_probe_read_kernel(&max_fds, sizeof(max_fds), fdt + OFF_FDTABLE_MAX_FDS);
-    if (fd >= max_fds)
-        return 0;
-    bpf_probe_read_kernel(&fds, sizeof(fds), fdt + OFF_FDTABLE_FD);
-    if (!fds)
-        return 0;
-    bpf_probe_read_kernel(&file, sizeof(file), fds + (u64)fd * sizeof(void *));
-    if (!file)
-        return 0;
-    bpf_probe_read_kernel(&inode, sizeof(inode), file + OFF_FILE_F_INODE);
-    if (!inode)
-        return 0;
-    bpf_probe_read_kernel(&mode, sizeof(mode), inode + OFF_INODE_I_MODE);
-    if ((mode & S_IFMT_BITS) != S_IFSOCK_BITS)
-        return 0;
-    bpf_probe_read_kernel(&sock, sizeof(sock), file + OFF_FILE_PRIVATE_DATA);
-    return socket_sk(sock);
 }
 
 static __always_inline int syscall_exited(long ret, int op)

@@ -38,13 +38,28 @@ struct errnomon_key {
     __u16 code;      /* errno, reset reason or SIGPIPE action, by metric */
     __u8 op;         /* OP_* */
     __u8 state;      /* TCP state (include/net/tcp_states.h numbering) */
-    __u8 family;     /* AF_INET / AF_INET6 of remote; 0 = remote unknown */
+    __u8 family;     /* AF_INET / AF_INET6 / AF_UNIX of remote; 0 = remote unknown */
     __u8 gen;
     __u8 metric;     /* METRIC_*: which counter this key feeds */
     __u8 pad[3];
     __u64 cgroup;    /* cgroup v2 id of the owner; 0 = unknown */
-    __u8 remote[16]; /* IPv4 in the first 4 bytes */
+    __u8 remote[16]; /* IPv4 in the first 4 bytes; AF_UNIX: the path's hash (u64, unix_paths) in the first 8 */
     char comm[ERRNOMON_COMM_LEN];
+};
+
+/* The socket path of a unix socket's peer, by its hash (the remote of a key of family AF_UNIX; 0: the peer has
+ * no address, remote="unnamed"). len: the bytes of sun_path the kernel holds (a pathname's trailing NUL
+ * included); an abstract name starts with a NUL byte. UNIX_PATHS entries, LRU: the daemon reads it when it
+ * decodes a key, and a path evicted by then is remote="unknown". */
+#define UNIX_PATH_LEN 108 /* sizeof(sockaddr_un.sun_path) */
+#define UNIX_PATH_WORDS 14 /* path[] hashed as u64 words, zero past len */
+#define UNIX_PATHS 4096
+#define UNIX_HASH_UNNAMED 0
+
+struct errnomon_unix_path {
+    __u32 len;
+    __u32 pad;
+    char path[UNIX_PATH_WORDS * 8];
 };
 
 /* Who owns a socket and whom it talks to, filled in process context. */

@@ -55,6 +55,11 @@ class Key(ctypes.Structure):
     ]
 
 
+class UnixPath(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_uint32), ("pad", ctypes.c_uint32),
+                ("path", ctypes.c_uint8 * (DEFINES["UNIX_PATH_WORDS"] * 8))]
+
+
 class Owner(ctypes.Structure):
     _fields_ = [
         ("tgid", ctypes.c_uint32),

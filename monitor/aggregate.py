@@ -1,5 +1,6 @@
 """Label sets, remote grouping and the series budget: from decoded events to monotonic counters."""
 
+import fnmatch
 import ipaddress
 import sys
 import threading
@@ -26,7 +27,8 @@ CACHE_SIZE = 2048
 
 
 class RemoteGrouper:
-    """Peer address -> label value: a named group (first match), else the address shortened to a prefix.
+    """Peer address -> label value: a named group (first match), else the address shortened to a prefix; a
+    unix socket's remote (a str) -> the first group with a matching path pattern, else itself.
 
     The cache holds what repeats between drains (a few busy peers); it is cleared when full. It was 65536
     entries: with many distinct peers it grew by ~10 MiB of address objects and strings before each
@@ -50,6 +52,11 @@ class RemoteGrouper:
         return label
 
     def _label(self, addr):
+        if isinstance(addr, str):  # a unix socket's remote (decode.UnixAddress): its path, or a group's name
+            for group in self.groups:
+                if any(fnmatch.fnmatchcase(addr, pattern) for pattern in group.paths):
+                    return group.name
+            return str(addr)
         for group in self.groups:
             for net in group.networks:
                 if net.version == addr.version and addr in net:

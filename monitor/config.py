@@ -52,7 +52,7 @@ _SECTIONS = {
     "series": ("budget", "ttl"),
     "kernel": ("count", "map_size", "max_sockets", "drain_interval", "syscall_tracepoints", "function_hooks"),
 }
-_GROUP_KEYS = ("name", "cidrs")
+_GROUP_KEYS = ("name", "cidrs", "paths")
 
 
 class ConfigError(Exception):
@@ -69,6 +69,7 @@ class ConfigError(Exception):
 class Group:
     name: str
     networks: tuple  # of ipaddress.IPv4Network / IPv6Network
+    paths: tuple = ()  # fnmatch patterns of unix socket remotes ("/run/php/*.sock", "@name*")
 
 
 @dataclass(frozen=True)
@@ -325,7 +326,7 @@ class _Parser:
         return frozenset(names)
 
     def groups(self, value: Any, path: str) -> tuple:
-        example = "e.g. {name: lan, cidrs: [10.0.0.0/8]}"
+        example = "e.g. {name: lan, cidrs: [10.0.0.0/8]} or {name: php, paths: [/run/php/*.sock]}"
         if value is None:
             return ()
         if not isinstance(value, list):
@@ -339,17 +340,19 @@ class _Parser:
             if not isinstance(item, dict):
                 raise self.error(
                     item_path,
-                    "expected a group with a name and cidrs (%s), got %s"
+                    "expected a group with a name and cidrs or paths (%s), got %s"
                     % (example, _describe(item)),
                 )
             entry = self.mapping(item, item_path, _GROUP_KEYS)
-            for key in _GROUP_KEYS:
-                if key not in entry:
-                    raise self.error(
-                        item_path,
-                        "missing %r: each group needs a name and a list of cidrs (%s)"
-                        % (key, example),
-                    )
+            if "name" not in entry:
+                raise self.error(
+                    item_path, "missing 'name': each group needs a name and a list of cidrs or paths (%s)" % example
+                )
+            if "cidrs" not in entry and "paths" not in entry:
+                raise self.error(
+                    item_path,
+                    "missing 'cidrs': each group needs a list of cidrs, of paths, or both (%s)" % example,
+                )
             name = self.group_name(entry["name"], item_path + ".name")
             if name in seen:
                 raise self.error(
@@ -358,8 +361,9 @@ class _Parser:
                     % (_short(name), seen[name]),
                 )
             seen[name] = item_path
-            networks = self.cidrs(entry["cidrs"], item_path + ".cidrs")
-            result.append(Group(name=name, networks=networks))
+            networks = self.cidrs(entry["cidrs"], item_path + ".cidrs") if "cidrs" in entry else ()
+            paths = self.paths(entry["paths"], item_path + ".paths") if "paths" in entry else ()
+            result.append(Group(name=name, networks=networks, paths=paths))
         return tuple(result)
 
     def group_name(self, value: Any, path: str) -> str:
@@ -386,6 +390,24 @@ class _Parser:
         for index, item in enumerate(value):
             networks.append(self.network(item, "%s[%d]" % (path, index)))
         return tuple(networks)
+
+    def paths(self, value: Any, path: str) -> tuple:
+        if not isinstance(value, list) or not value:
+            raise self.error(
+                path,
+                "expected a non-empty list of unix socket path patterns (e.g. [/run/php/*.sock, \"@app-*\"]), "
+                "got %s" % _describe(value),
+            )
+        patterns = []
+        for index, item in enumerate(value):
+            if not isinstance(item, str) or not item:
+                raise self.error(
+                    "%s[%d]" % (path, index),
+                    "expected a unix socket path pattern such as /run/php/*.sock (fnmatch; an abstract name "
+                    "as \"@name\"), got %s" % _describe(item),
+                )
+            patterns.append(item)
+        return tuple(patterns)
 
     def network(self, value: Any, path: str):
         if not isinstance(value, str):

@@ -207,7 +207,8 @@ class Daemon:
         log.info("attached the hooks of %d of %d signals in %.2fs", attached, len(self.programs.attached),
                  time.monotonic() - t0)
         self.seed_owners()
-        self.decoder = decode.Decoder(decode.reset_reasons(self.programs.formats.get("tcp:tcp_send_reset")))
+        self.decoder = decode.Decoder(decode.reset_reasons(self.programs.formats.get("tcp:tcp_send_reset")),
+                                      self.programs.unix_path)
         self.pods = PodResolver(self.config.pod_host_root)
         self.aggregator = Aggregator(self.config, unit_of=UnitResolver(), pod_of=self.pods.get)
         self.drain = Drain(self.programs, count_flags(self.config))

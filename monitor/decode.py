@@ -7,7 +7,7 @@ from collections import namedtuple
 
 from . import abi
 
-AF_INET, AF_INET6 = 2, 10
+AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
 
 # include/net/tcp_states.h
 TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
@@ -52,9 +52,47 @@ def remote_address(family, raw):
     return None
 
 
+class UnixAddress(str):
+    """The remote of a unix socket, as its label: a path, "@name" for an abstract name, "unnamed" for a peer
+    without an address (socketpair), "unknown" for a path no longer kept in the kernel's unix_paths."""
+    __slots__ = ()
+
+
+UNNAMED, UNKNOWN = UnixAddress("unnamed"), UnixAddress("unknown")
+
+
+def unix_path_label(path):
+    """The label of sun_path bytes as the kernel keeps them: a pathname up to its NUL, an abstract name
+    (leading NUL) as "@" and every byte of it, non-printable bytes as \\xNN."""
+    if path is None:
+        return UNKNOWN
+    if path[:1] == b"\0":
+        return UnixAddress("@" + escape(path[1:]))
+    return UnixAddress(escape(path.split(b"\0", 1)[0]))
+
+
+def escape(data):
+    """Bytes as one line of text: valid UTF-8 kept, a backslash doubled, any other byte and any
+    non-printable character escaped (\\xNN), so that two names never share a label."""
+    text = data.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else "\\x%02x" % ord(c) if ord(c) < 0x100
+                   else c.encode("unicode_escape").decode() for c in text)
+
+
 class Decoder:
-    def __init__(self, reasons=None):
+    """unix_path: hash -> the sun_path bytes the kernel keeps under it (None: no longer kept)."""
+
+    def __init__(self, reasons=None, unix_path=None):
         self.reasons = reasons or {}
+        self.unix_path = unix_path or (lambda path_hash: None)
+
+    def remote(self, key):
+        if key.family == AF_UNIX:
+            path_hash = int.from_bytes(bytes(key.remote[:8]), "little")
+            if path_hash == abi.DEFINES["UNIX_HASH_UNNAMED"]:
+                return UNNAMED
+            return unix_path_label(self.unix_path(path_hash))
+        return remote_address(key.family, key.remote)
 
     def __call__(self, key):
         metric = abi.METRICS[key.metric]
@@ -63,7 +101,7 @@ class Decoder:
             errno=errno_name(key.code) if metric in ERRNO_METRICS else None,
             op=abi.OPS.get(key.op, "unknown") if metric == "socket_errors" else None,
             comm=key.comm.decode("utf-8", "replace"),
-            remote=remote_address(key.family, key.remote),
+            remote=self.remote(key),
             port=key.port,
             state=TCP_STATES.get(key.state, "UNKNOWN") if metric == "tcp_resets_received" else None,
             reason=(self.reasons.get(key.code) or KNOWN_RESETS.get(key.code, "unknown")

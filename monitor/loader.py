@@ -47,9 +47,13 @@ FUNCTION_HOOK_FAMILIES = ("fentry", "kprobe")
 
 # What sock_sendmsg/sock_recvmsg call for AF_INET/AF_INET6 sockets (sock->ops->sendmsg): the value they
 # return is the one sock:sock_send_length reports from 6.3, the one the application gets. sendfile and
-# splice send through ->sendpage until 6.5 (from 6.5 through sendmsg, with MSG_SPLICE_PAGES).
-SEND_FUNCTIONS = ("inet_sendmsg", "inet6_sendmsg", "inet_sendpage?")
-RECV_FUNCTIONS = ("inet_recvmsg", "inet6_recvmsg")
+# splice send through ->sendpage until 6.5 (from 6.5 through sendmsg, with MSG_SPLICE_PAGES). Unix stream
+# and seqpacket sockets' own (af_unix.c, static: hooked where BTF or kallsyms has them; every unix send and
+# recv on the host then passes the hook, as every TCP one does).
+UNIX_SEND_FUNCTIONS = ("unix_stream_sendmsg?", "unix_seqpacket_sendmsg?")
+UNIX_RECV_FUNCTIONS = ("unix_stream_recvmsg?", "unix_seqpacket_recvmsg?")
+SEND_FUNCTIONS = ("inet_sendmsg", "inet6_sendmsg", "inet_sendpage?") + UNIX_SEND_FUNCTIONS
+RECV_FUNCTIONS = ("inet_recvmsg", "inet6_recvmsg") + UNIX_RECV_FUNCTIONS
 # Before 6.10, tcp:tcp_send_reset fires in tcp_v{4,6}_send_reset only for full sockets: a reset for a segment
 # no socket wanted (NO_SOCKET) or from a time-wait socket is seen at the function.
 RESET_FUNCTIONS = ("tcp_v4_send_reset", "tcp_v6_send_reset?")
@@ -119,6 +123,8 @@ RAW_ARITY = {"sock:sock_send_length": 2, "sock:sock_recv_length": 2, "sock:inet_
 RUNG_ARITY = {("resets_sent_without_socket", "tcp:tcp_send_reset"): 3}
 # Kernel functions the programs read, with the arguments they read (BTF prototypes must have at least that).
 FUNCTION_ARITY = {"inet_sendmsg": 3, "inet6_sendmsg": 3, "inet_sendpage": 5, "inet_recvmsg": 4, "inet6_recvmsg": 4,
+                  "unix_stream_sendmsg": 3, "unix_seqpacket_sendmsg": 3, "unix_stream_recvmsg": 4,
+                  "unix_seqpacket_recvmsg": 4,
                   "tcp_v4_send_reset": 2, "tcp_v6_send_reset": 2, "sock_def_error_report": 1}
 # kretprobe instances per function: one per call blocked in it at once (a recv can block for hours)
 KRETPROBE_MAXACTIVE = 4096
@@ -262,10 +268,18 @@ LAYOUT = {
     ("sock", "sk_drops"): "listen drops are read by polling every network namespace's listeners (sock_diag), "
                           "and a listener's drops in its last poll interval are lost with it",
     ("sock", "sk_drop_counters"): None,
+    # unix stream and seqpacket sockets: the type, and the peer's path (unix_sock->peer->addr->name)
+    ("sock", "sk_type"): None,
+    ("unix_sock", "peer"): "errors on unix sockets are not counted (no struct unix_sock in vmlinux BTF: af_unix "
+                           "built as a module?)",
+    ("unix_sock", "addr"): None,
+    ("unix_address", "len"): None,
+    ("unix_address", "name"): None,
     ("numa_drop_counters", "drops0"): None,
     ("numa_drop_counters", "drops1"): None,
 }
-BASES = {("sk_buff", "cb"), ("sock", "sk_error_queue")}  # members read only as the start of something else: any size
+# members read only as the start of something else: any size
+BASES = {("sk_buff", "cb"), ("sock", "sk_error_queue"), ("unix_address", "name")}
 # Members read whole as an unsigned integer of their own size: -D<NAME>=u8/u16/u32/u64.
 LAYOUT_TYPES = {("pipe_inode_info", "tail"): "PIPE_INDEX_TYPE"}
 STABLE_HEAD = {"skc_daddr": 0, "skc_dport": 12, "skc_num": 14, "skc_family": 16, "skc_state": 18}
@@ -511,6 +525,8 @@ def describe_choice(chosen, why):
 MAPS = ("counts", "drops", "settings", "seeded", "listeners", "wakeups")
 # compiled with listen_socks (OFF_SOCK_SK_DROPS and inet_sock_set_state): its map and the program that sweeps it
 LISTEN_SWEEP = "sweep_listeners"
+# compiled with the unix_sock layout from BTF: the paths of unix sockets' peers, by hash (monitor/decode.py)
+UNIX_PATHS = "unix_paths"
 # and, where the kernel has the tcp iterator (5.9+), the one that adopts listeners older than errnomon
 LISTEN_ADOPT = "bpf_iter__tcp"
 # bcc names of the function-hook programs: KFUNC_PROBE/KRETFUNC_PROBE (kfunc__vmlinux__ from bcc 0.23),
@@ -543,7 +559,7 @@ class Programs:
     close() detaches."""
 
     def __init__(self, map_fds, attachment_fds, attached, formats, flags, prog_fds=None, ephemeral=(0, 0),
-                 legacy_kprobes=(), tracefs=None, listen_sweep=None, listen_adopt=None):
+                 legacy_kprobes=(), tracefs=None, listen_sweep=None, listen_adopt=None, unix_paths_fd=None):
         self.counts_fd, self._drops_fd, self._settings_fd = (map_fds[name] for name in MAPS[:3])
         self.seeded_fd, self.listeners_fd = map_fds["seeded"], map_fds["listeners"]  # monitor/seed.py
         self.wakeups_fd = map_fds["wakeups"]  # monitor/drain.py
@@ -552,8 +568,9 @@ class Programs:
         self.listen_sweep = listen_sweep
         # (listen_adopt map fd, tcp iterator link fd), or None where the kernel or bcc has no tcp iterator
         self.listen_adopt = listen_adopt
+        self.unix_paths_fd = unix_paths_fd  # unix_paths, or None where BTF lacks the unix_sock layout
         self._fds = list(map_fds.values()) + list(attachment_fds) + list(self.prog_fds.values()) + \
-            list(listen_sweep or ()) + list(listen_adopt or ())
+            list(listen_sweep or ()) + list(listen_adopt or ()) + ([unix_paths_fd] if unix_paths_fd is not None else [])
         self.attached = attached          # signal -> [(probe, attached)]
         self.formats = formats            # tracepoint -> format file text (None if missing)
         self.flags = flags
@@ -579,6 +596,16 @@ class Programs:
             raw = bpfmap.lookup(self._drops_fd, struct.pack("i", i), 8 * self._cpus) or b""
             out[name] = sum(struct.unpack("%dQ" % (len(raw) // 8), raw))
         return out
+
+    def unix_path(self, path_hash):
+        """The sun_path bytes kept under a unix remote's hash (abi.UnixPath.len of them), or None."""
+        if self.unix_paths_fd is None:
+            return None
+        raw = bpfmap.lookup(self.unix_paths_fd, struct.pack("Q", path_hash), abi.ctypes.sizeof(abi.UnixPath))
+        if raw is None:
+            return None
+        p = abi.UnixPath.from_buffer_copy(raw)
+        return bytes(p.path)[:min(p.len, abi.DEFINES["UNIX_PATH_LEN"])]
 
     def write_settings(self, gen, count_flags):
         low, high = self.ephemeral
@@ -697,8 +724,14 @@ def _compile_and_attach(sock, tracefs, flags, chosen):
                 fds += [bpf["listen_adopt"].get_fd(), adopt]
             except Exception as e:  # an older bcc or kernel: the daemon polls the older listeners instead
                 adopt = str(e)
+        try:  # compiled where BTF gives the unix_sock layout
+            fds.append(bpf[UNIX_PATHS].get_fd())
+            unix_paths = True
+        except KeyError:
+            unix_paths = False
         message = {"flags": flags, "programs": [p for p, _ in programs], "attachments": len(attachments),
                    "listen_sweep": sweep, "listen_adopt": adopt if isinstance(adopt, str) else bool(adopt),
+                   "unix_paths": unix_paths,
                    "legacy": _legacy_kprobe_events(tracefs, os.getpid()),
                    "bcc": getattr(bcc, "__version__", "unknown")}
     except FentryRefused as e:
@@ -816,13 +849,17 @@ def load(tracefs, map_size, max_sockets, syscall_tracepoints=False, print_only=F
     m = n + len(message["programs"])
     prog_fds = dict(zip(message["programs"], fds[n:m]))
     attached = attachment_report(chosen, syscall_tracepoints)
-    adopt = tuple(fds[m + 2:m + 4]) or None
+    # after the programs: listen_socks and its sweep, listen_adopt and its iterator, unix_paths, each if compiled
+    sweep = 2 if message.get("listen_sweep") else 0
+    adopted = 2 if message.get("listen_adopt") is True else 0
+    adopt = tuple(fds[m + sweep:m + sweep + adopted]) or None
     if isinstance(message.get("listen_adopt"), str):
         log.info("no tcp iterator (%s): listeners older than errnomon are read by sock_diag in their network "
                  "namespaces at each poll", message["listen_adopt"])
     programs = Programs(map_fds, fds[len(MAPS):n], attached, formats, message["flags"], prog_fds, ephemeral_ports(),
-                        message.get("legacy", ()), tracefs, listen_sweep=tuple(fds[m:m + 2]) or None,
-                        listen_adopt=adopt)
+                        message.get("legacy", ()), tracefs, listen_sweep=tuple(fds[m:m + sweep]) or None,
+                        listen_adopt=adopt,
+                        unix_paths_fd=fds[m + sweep + adopted] if message.get("unix_paths") else None)
     if not programs.listen_sweep and any(f.startswith("-DOFF_SOCK_SK_DROPS=") for f in layout):
         # (without sk_drops in BTF the BTF warning above says so)
         log.warning("no inet_sock_set_state tracepoint: listen drops are read by polling every network namespace's "

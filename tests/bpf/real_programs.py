@@ -105,39 +105,28 @@ class Service:
             return f.read()
 
 
-class ResettingServer:
-    """Accepts `count` connections; on each reads the request (up to a blank line, bounded), optionally sends
-    `reply`, then resets the connection (linger-0 close). Runs in a thread of the test process."""
+class ThreadServer:
+    """Accepts `count` connections on `listener` in a thread of the test process and hands each to handle();
+    `handled` counts those it finished."""
 
-    def __init__(self, count, reply=b"", pause=0.05):
-        self.count = count
-        self.reply = reply
-        self.pause = pause
-        self.resets = 0
-        self.listener = socket.socket()
-        self.listener.bind((LOOPBACK, 0))
-        self.listener.listen(16)
+    def __init__(self, listener, count):
+        self.listener = listener
         self.listener.settimeout(DEADLINE)
-        self.port = self.listener.getsockname()[1]
+        self.count = count
+        self.handled = 0
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
+
+    def handle(self, conn):
+        raise NotImplementedError
 
     def _serve(self):
         try:
             for _ in range(self.count):
                 conn, _ = self.listener.accept()
                 conn.settimeout(DEADLINE)
-                data = b""
-                while b"\r\n\r\n" not in data and len(data) < 65536:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
-                if self.reply:
-                    conn.sendall(self.reply)
-                    time.sleep(self.pause)  # let the program read the reply before the RST
-                linger0_close(conn)
-                self.resets += 1
+                self.handle(conn)
+                self.handled += 1
         except OSError:
             pass
         finally:
@@ -145,7 +134,37 @@ class ResettingServer:
 
     def join(self):
         self.thread.join(DEADLINE)
-        assert not self.thread.is_alive(), "resetting server still waiting for connections"
+        assert not self.thread.is_alive(), "%s still waiting for connections" % type(self).__name__
+
+
+class ResettingServer(ThreadServer):
+    """Accepts `count` connections; on each reads the request (up to a blank line, bounded), optionally sends
+    `reply`, then resets the connection (linger-0 close). Runs in a thread of the test process."""
+
+    def __init__(self, count, reply=b"", pause=0.05):
+        self.reply = reply
+        self.pause = pause
+        listener = socket.socket()
+        listener.bind((LOOPBACK, 0))
+        listener.listen(16)
+        self.port = listener.getsockname()[1]
+        super().__init__(listener, count)
+
+    @property
+    def resets(self):
+        return self.handled
+
+    def handle(self, conn):
+        data = b""
+        while b"\r\n\r\n" not in data and len(data) < 65536:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        if self.reply:
+            conn.sendall(self.reply)
+            time.sleep(self.pause)  # let the program read the reply before the RST
+        linger0_close(conn)
 
 
 def reset_mid_download(port, path, read_bytes, count, idle=0.0):

@@ -53,8 +53,10 @@ def expected_hooks():
         return {"%s:%s" % (kind, f) for f in functions if function_exists(f)}, 1.0
 
     return {
-        "send_errors": rung("sock/sock_send_length", ("inet_sendmsg", "inet6_sendmsg", "inet_sendpage"), "kretprobe"),
-        "recv_errors": rung("sock/sock_recv_length", ("inet_recvmsg", "inet6_recvmsg"), "kretprobe"),
+        "send_errors": rung("sock/sock_send_length", ("inet_sendmsg", "inet6_sendmsg", "inet_sendpage",
+                                                      "unix_stream_sendmsg", "unix_seqpacket_sendmsg"), "kretprobe"),
+        "recv_errors": rung("sock/sock_recv_length", ("inet_recvmsg", "inet6_recvmsg", "unix_stream_recvmsg",
+                                                      "unix_seqpacket_recvmsg"), "kretprobe"),
         "error_reports": rung("sock/inet_sk_error_report", ("sock_def_error_report",), "kprobe"),
         # tcp_send_reset shows socketless resets from 6.10, with the reason field
         "resets_sent_without_socket": rung("tcp/tcp_send_reset", ("tcp_v4_send_reset", "tcp_v6_send_reset"),

@@ -21,6 +21,7 @@ STRUCTS = {
     "errnomon_listener": abi.Listener,
     "errnomon_listen_sock": abi.ListenSock,
     "errnomon_settings": abi.Settings,
+    "errnomon_unix_path": abi.UnixPath,
 }
 
 

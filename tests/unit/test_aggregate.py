@@ -7,7 +7,7 @@ import pytest
 
 from monitor import aggregate, config
 from monitor.aggregate import METRIC_LABELS, Aggregator, RemoteGrouper
-from monitor.decode import Event
+from monitor.decode import Event, UnixAddress
 
 ip = ipaddress.ip_address
 
@@ -434,3 +434,38 @@ def test_pod_labels_fold_to_other_over_budget():
     agg.add([(event("sigpipe", action="handled", cgroup=c), 1) for c in (1, 2, 3)])
     assert table(agg, "sigpipe") == {("curl", "handled", "a", "p1", "c"): 1, ("other", "handled", "a", "p2", "c"): 1,
                                      ("other", "handled", "other", "other", "other"): 1}
+
+
+PATH_GROUPS = """
+remote:
+  groups:
+    - {name: php, paths: ["/run/php/*.sock"]}
+    - {name: app, paths: ["@app-*", "/srv/app/[0-9]*.sock"], cidrs: [10.0.0.0/8]}
+"""
+
+
+@pytest.mark.parametrize(
+    "remote, label",
+    [
+        ("/run/php/php8.2-fpm.sock", "php"),
+        ("/run/php/sub/x.sock", "php"),          # fnmatch: * crosses "/"
+        ("/run/php.sock", "/run/php.sock"),      # no group: the path itself
+        ("@app-1234", "app"),
+        ("@other", "@other"),
+        ("/srv/app/7.sock", "app"),
+        ("/srv/app/x.sock", "/srv/app/x.sock"),
+        ("unnamed", "unnamed"),
+        ("unknown", "unknown"),
+    ],
+)
+def test_remote_path_groups(remote, label):
+    agg = Aggregator(cfg(PATH_GROUPS))
+    agg.add([(event(remote=None)._replace(remote=UnixAddress(remote), port=0), 1)])
+    assert table(agg, "socket_errors") == {("ECONNRESET", "send", "curl", label, ""): 1}
+
+
+def test_path_groups_leave_addresses_to_cidrs():
+    agg = Aggregator(cfg(PATH_GROUPS))
+    agg.add([(event(remote="10.9.8.7"), 1), (event(remote="192.0.2.1"), 1)])
+    assert table(agg, "socket_errors") == {("ECONNRESET", "send", "curl", "app", "443"): 1,
+                                           ("ECONNRESET", "send", "curl", "192.0.2.1", "443"): 1}

@@ -76,7 +76,7 @@ def test_invalid_yaml(tmp_path, text, expected):
         ("series:\n  bugdet: 10\n",
          "series.bugdet: unknown key; valid keys here: budget, ttl; did you mean 'budget'?"),
         ("remote:\n  groups:\n    - {name: lan, cidrs: [10.0.0.0/8], extra: 1}\n",
-         "remote.groups[0].extra: unknown key; valid keys here: name, cidrs"),
+         "remote.groups[0].extra: unknown key; valid keys here: name, cidrs, paths"),
         ("remote:\n  groups:\n    - name: lan\n      cidrs: [10.0.0.0/33]\n",
          "remote.groups[0].cidrs[0]: '10.0.0.0/33' is not a valid CIDR network: '33' is not a valid netmask"),
         ("remote:\n  groups:\n    - name: lan\n      cidrs: [10.0.0.1/8]\n",

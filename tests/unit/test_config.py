@@ -308,7 +308,7 @@ def test_unknown_key_with_suggestion():
         (
             "remote: {groups: [{name: a, cidr: [10.0.0.0/8]}]}",
             "remote.groups[0].cidr",
-            "name, cidrs",
+            "name, cidrs, paths",
             "cidrs",
         ),
         ("remote: {zzz: 1}", "remote.zzz", "groups, ipv4_prefix, ipv6_prefix", None),
@@ -563,6 +563,14 @@ def test_duplicate_group_names():
          "expected a list of groups"),
         ("remote.groups[1]", "remote: {groups: [{name: a, cidrs: [10.0.0.0/8]}, 7]}",
          "expected a group with a name and cidrs"),
+        ("remote.groups[0].paths", "remote: {groups: [{name: a, paths: []}]}",
+         "expected a non-empty list of unix socket path patterns"),
+        ("remote.groups[0].paths", "remote: {groups: [{name: a, paths: /run/x.sock}]}",
+         "expected a non-empty list of unix socket path patterns"),
+        ("remote.groups[0].paths[1]", "remote: {groups: [{name: a, paths: [/run/x.sock, 5]}]}",
+         "expected a unix socket path pattern such as /run/php/*.sock"),
+        ("remote.groups[0].paths[0]", "remote: {groups: [{name: a, paths: [\"\"]}]}",
+         "expected a unix socket path pattern"),
     ],
 )
 def test_bad_groups(path, text, fragment):
@@ -736,3 +744,11 @@ def test_pod_host_root_must_be_absolute(value):
     with pytest.raises(ConfigError) as e:
         parse("labels: {pod_host_root: %s}" % value)
     assert str(e.value).startswith("<config>: labels.pod_host_root: expected an absolute path such as / or /host, got ")
+
+
+def test_path_groups():
+    text = "remote: {groups: [{name: php, paths: [/run/php/*.sock, \"@php-*\"]}, " \
+           "{name: both, cidrs: [10.0.0.0/8], paths: [/srv/*.sock]}]}"
+    net = ipaddress.ip_network("10.0.0.0/8")
+    assert parse(text).groups == (Group("php", (), ("/run/php/*.sock", "@php-*")),
+                                  Group("both", (net,), ("/srv/*.sock",)))

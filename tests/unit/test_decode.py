@@ -6,7 +6,8 @@ import ipaddress
 import pytest
 
 from monitor import abi
-from monitor.decode import AF_INET, AF_INET6, Decoder, Event, errno_name, remote_address, reset_reasons
+from monitor.decode import (AF_INET, AF_INET6, AF_UNIX, Decoder, Event, UnixAddress, errno_name, remote_address,
+                            reset_reasons)
 
 # The print fmt line of events/tcp/tcp_send_reset/format (abridged). Embedded, so the tests do not
 # depend on the host's kernel. The state table comes first and must not be mistaken for the reasons.
@@ -155,3 +156,39 @@ def test_decoder_round_trips_raw_key_bytes():
     key = make_key("socket_errors", code=104, op=1)
     copy = abi.Key.from_buffer_copy(bytes(key))
     assert Decoder()(copy) == Decoder()(key)
+
+
+def unix_key(path_hash, **kw):
+    return make_key("socket_errors", code=104, op=2, family=AF_UNIX, remote=path_hash.to_bytes(8, "little"),
+                    port=0, **kw)
+
+
+@pytest.mark.parametrize(
+    "kept, label",
+    [
+        (b"/run/php/php-fpm.sock\0", "/run/php/php-fpm.sock"),    # a pathname: up to its NUL
+        (b"relative.sock\0", "relative.sock"),
+        (b"\0ux-abstract", "@ux-abstract"),                        # abstract: "@" for the leading NUL
+        (b"\0a\0b\0", "@a\\x00b\\x00"),                           # every byte of an abstract name counts
+        (b"\0tab\there\n", "@tab\\x09here\\x0a"),                  # control characters escaped
+        (b"/caf\xc3\xa9.sock\0", "/caf\u00e9.sock"),               # valid UTF-8 kept
+        (b"/bad\xff.sock\0", "/bad\\xff.sock"),                   # invalid UTF-8 escaped
+        (b"/back\\slash\0", "/back\\\\slash"),                     # a backslash doubled: no two names alike
+        (None, "unknown"),                                        # no longer kept in unix_paths
+    ],
+)
+def test_unix_remote(kept, label):
+    paths = {0x1234: kept}
+    event = Decoder(REASONS, paths.get)(unix_key(0x1234))
+    assert (event.remote, event.port, event.errno, event.op) == (label, 0, "ECONNRESET", "recv")
+    assert isinstance(event.remote, UnixAddress)
+
+
+def test_unix_remote_unnamed_is_not_looked_up():
+    asked = []
+    event = Decoder(REASONS, lambda h: asked.append(h))(unix_key(abi.DEFINES["UNIX_HASH_UNNAMED"]))
+    assert (event.remote, asked) == ("unnamed", [])
+
+
+def test_unix_remote_without_a_paths_map_is_unknown():
+    assert Decoder(REASONS)(unix_key(99)).remote == "unknown"
