@@ -11,7 +11,7 @@ import time
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from . import abi, config as config_mod, decode, loader, sdnotify, seed, web, webconfig
+from . import abi, bpfmap, config as config_mod, decode, events, loader, sdnotify, seed, web, webconfig
 from .aggregate import Aggregator
 from .cgroups import UnitResolver
 from .collector import ErrnoCollector
@@ -71,6 +71,11 @@ def socket_tables(max_sockets):
         log.warning("%d TCP sockets on the host but kernel.max_sockets is %d: owners will be evicted; raise it, "
                     "or set it to auto", sockets, max_sockets)
     return owners, seeded
+
+
+def event_interval_ns(config):
+    """events.rate as the programs take it: nanoseconds between events; 0 when events are off."""
+    return 1_000_000_000 // config.events_rate if config.events_enabled else 0
 
 
 def count_flags(config):
@@ -193,7 +198,9 @@ class Daemon:
         limit_malloc_arenas()
         self.registry = CollectorRegistry(auto_describe=True)  # so that ?name[]= finds the collector's metrics
         watcher = webconfig.Watcher(self.web_config) if self.web_config is not None else None
-        self.httpd = web.bind(self.listen_address, self.telemetry_path, self.registry, web.raise_file_limit(), watcher)
+        self.events = events.EventLog(self.config.events_keep)
+        self.httpd = web.bind(self.listen_address, self.telemetry_path, self.registry, web.raise_file_limit(), watcher,
+                              routes={"/errors": events.app(self.events)})
         self.tables = socket_tables(self.config.max_sockets)
         self.status("loading BPF programs")
         t0 = time.monotonic()
@@ -210,6 +217,12 @@ class Daemon:
         self.decoder = decode.Decoder(decode.reset_reasons(self.programs.formats.get("tcp:tcp_send_reset")))
         self.pods = PodResolver(self.config.pod_host_root)
         self.aggregator = Aggregator(self.config, unit_of=UnitResolver(), pod_of=self.pods.get)
+        self.events.labels, self.events.dropped = self.aggregator.extra_labels, self.programs.event_drops
+        self.event_reader = events.Reader(
+            bpfmap.EventRing(self.programs.events_fd, abi.EVENTS_RING_BYTES),
+            events.Decoder(events.kernel_hz(), self.decoder.reasons), self.events,
+            prepare=self.pods.prepare if self.config.pod_labels else None)
+        self.programs.event_interval_ns = event_interval_ns(self.config)
         self.drain = Drain(self.programs, count_flags(self.config))
         sweep = self.programs.listen_sweep
         self.listen_queues = ListenQueues(kernel=KernelListeners(*sweep) if sweep else None)
@@ -254,7 +267,8 @@ class Daemon:
                         "on kernel-side events", r.denied)
 
     def _status(self):
-        return {"attached": self.programs.attached, "drops": self.programs.drops(), "missed": self.programs.missed()}
+        return {"attached": self.programs.attached, "drops": self.programs.drops(), "missed": self.programs.missed(),
+                "event_drops": self.programs.event_drops()}
 
     def drain_once(self):
         events = self.drain()
@@ -289,7 +303,10 @@ class Daemon:
         self.config = new
         self.pods.configure(new.pod_host_root)
         self.aggregator.configure(new)
-        self.drain.set_count_flags(count_flags(new))
+        self.events.resize(new.events_keep)
+        self.event_reader.prepare = self.pods.prepare if new.pod_labels else None
+        self.programs.event_interval_ns = event_interval_ns(new)
+        self.drain.set_count_flags(count_flags(new))  # writes the settings, the event rate with them
         log.info("config reloaded from %s", self.config_file)
 
     def run(self):
@@ -319,11 +336,24 @@ class Daemon:
                 if now >= next_expire:
                     self.aggregator.expire()
                     next_expire = now + EXPIRE_EVERY
+                # error events: after a read that found some, the next read is MIN_GAP later (a storm wakes the
+                # loop a few times a second); after one that found none, the loop sleeps on the ring, which polls
+                # readable once a record lands in it
+                events_due = self.event_reader.due()
+                if events_due is not None and now >= events_due:
+                    self.event_reader()
+                    events_due = self.event_reader.due()
                 # the watchdog has its own deadline: a WatchdogSec shorter than the drain interval still works
-                deadline = min(next_drain, next_listen, next_expire, next_ping if watchdog else math.inf)
-                # the ring only while asleep: awake, it fills until the next drain empties it
-                if signals.wait(deadline - time.monotonic(), [self.drain.ring] if self.drain.asleep else []):
+                deadline = min(next_drain, next_listen, next_expire, next_ping if watchdog else math.inf,
+                               math.inf if events_due is None else events_due)
+                rings = [self.drain.ring] if self.drain.asleep else []  # asleep only: awake, the next drain empties it
+                if events_due is None:
+                    rings.append(self.event_reader.ring)
+                ready = signals.wait(deadline - time.monotonic(), rings)
+                if self.drain.ring in ready:
                     next_drain = self.drain.woken(self.config.drain_interval)
+                if self.event_reader.ring in ready:
+                    self.event_reader()
             log.info("%s received", signals.stop)
         finally:
             self.stop()
