@@ -37,10 +37,10 @@ RESET_ERRNO = {"SYN_SENT": "ECONNREFUSED", "CLOSE_WAIT": "EPIPE", "CLOSE": ""}
 
 # ---- the kernel's clock tick: lsndtime and lrcvtime are in jiffies ----
 
-def config_hz(release=None):
+def config_hz(release=None, boot="/boot/config-", proc="/proc/config.gz"):
     """CONFIG_HZ of the running kernel from /boot/config-<release> or /proc/config.gz, or None."""
     release = release or platform.release()
-    for path, opener in (("/boot/config-" + release, open), ("/proc/config.gz", gzip.open)):
+    for path, opener in ((boot + release, open), (proc, gzip.open)):
         try:
             with opener(path, "rt") as f:
                 for line in f:
