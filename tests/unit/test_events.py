@@ -321,3 +321,14 @@ def test_reader_labels_and_backs_off(tmp_path):
 
 def test_event_mirror_size():
     assert ctypes.sizeof(abi.Event) % 8 == 0 and abi.EVENTS_RING_BYTES == 128 * 4096
+
+
+def test_labels_are_the_metrics_extra_labels():
+    from monitor.aggregate import Aggregator
+    agg = Aggregator(config.parse("labels: {pid: true, unit: true, pod: true}"),
+                     unit_of=lambda cgroup, pid: "u%d.service" % cgroup, pod_of=lambda cgroup: ("ns", "p", "c"))
+    log = events.EventLog(10, labels=agg.extra_labels)
+    log.add([decode(tcp_record(cgroup=3), 0)])
+    (e,) = log.query(events.parse_filters("", 10))["events"]
+    assert e["labels"] == {"pid": "42", "unit": "u3.service", "namespace": "ns", "pod": "p", "container": "c"}
+    assert events.EventLog(10, labels=Aggregator(config.parse("")).extra_labels).labels(3, 42) == {}
