@@ -21,6 +21,7 @@ from .pods import PodResolver
 
 log = logging.getLogger("errnomon")
 EXPIRE_EVERY = 60.0
+EVENTS_EVERY = 1.0  # seconds: error events reach /errors at most this late while errors are being counted
 # Listeners followed in the kernel have their drops counted at their close and at each poll (monitor/listen_queue.py);
 # on the fallback rung a poll only delays a count, but the drops after a listener's last poll are lost with it.
 LISTEN_POLL_EVERY = 5.0
@@ -336,24 +337,17 @@ class Daemon:
                 if now >= next_expire:
                     self.aggregator.expire()
                     next_expire = now + EXPIRE_EVERY
-                # error events: after a read that found some, the next read is MIN_GAP later (a storm wakes the
-                # loop a few times a second); after one that found none, the loop sleeps on the ring, which polls
-                # readable once a record lands in it
-                events_due = self.event_reader.due()
-                if events_due is not None and now >= events_due:
-                    self.event_reader()
-                    events_due = self.event_reader.due()
                 # the watchdog has its own deadline: a WatchdogSec shorter than the drain interval still works
-                deadline = min(next_drain, next_listen, next_expire, next_ping if watchdog else math.inf,
-                               math.inf if events_due is None else events_due)
-                rings = [self.drain.ring] if self.drain.asleep else []  # asleep only: awake, the next drain empties it
-                if events_due is None:
-                    rings.append(self.event_reader.ring)
-                ready = signals.wait(deadline - time.monotonic(), rings)
-                if self.drain.ring in ready:
+                deadline = min(next_drain, next_listen, next_expire, next_ping if watchdog else math.inf)
+                if not self.drain.asleep:  # error events at least every EVENTS_EVERY, however long the interval
+                    deadline = min(deadline, self.event_reader.last + EVENTS_EVERY)
+                # the ring only while asleep: awake, it fills until the next drain empties it
+                if signals.wait(deadline - time.monotonic(), [self.drain.ring] if self.drain.asleep else []):
                     next_drain = self.drain.woken(self.config.drain_interval)
-                if self.event_reader.ring in ready:
-                    self.event_reader()
+                # Error events, at every wake-up: every event comes with a count, and a count wakes a sleeping
+                # loop (its key is the generation's first); an awake loop drains every interval. So the events
+                # ring needs no wake-ups of its own.
+                self.event_reader()
             log.info("%s received", signals.stop)
         finally:
             self.stop()

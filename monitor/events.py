@@ -416,28 +416,18 @@ def app(log_):
 
 
 class Reader:
-    """Moves records from the kernel's ring into the EventLog (the main loop calls it when the ring polls
-    readable). At most one read per MIN_GAP seconds: a storm wakes the loop a few times a second, not once
-    an event."""
-
-    MIN_GAP = 0.25
+    """Moves records from the kernel's ring into the EventLog; the main loop calls it at every wake-up."""
 
     def __init__(self, ring, decoder, log_, prepare=None):
         self.ring = ring
         self.decoder = decoder
         self.log = log_
         self.prepare = prepare  # called with the events' cgroups before labelling (pod files read outside locks)
-        self.last = 0.0
-        self.busy = False  # the last read found records
-
-    def due(self):
-        """When to read next (monotonic), or None: when the ring polls readable."""
-        return self.last + self.MIN_GAP if self.busy else None
+        self.last = time.monotonic()  # the last read
 
     def __call__(self):
         self.last = time.monotonic()
         records = self.ring.read()
-        self.busy = bool(records)
         if not records:
             return 0
         offset = time.time() - time.monotonic()
