@@ -271,14 +271,15 @@ class EventLog:
     def query(self, f):
         """The /errors answer for a Filter."""
         with self.lock:
-            events = list(self.events)
+            events, last_seq = list(self.events), self.seq
         kept = len(events)
         if f.after is not None:
             events = [e for e in events if e["seq"] > f.after]
         events = [e for e in events if f.match(e)]
         # following (after=): the oldest new ones first, so a follower misses none; else the newest
         events = events[:f.limit] if f.after is not None else events[-f.limit:]
-        return {"events": [ordered(e) for e in events], "kept": kept, "dropped": dict(self.dropped())}
+        return {"events": [ordered(e) for e in events], "kept": kept, "dropped": dict(self.dropped()),
+                "last_seq": last_seq}
 
 
 FIELDS = ("seq", "time", "kind", "pid", "tid", "comm", "labels", "op", "errno", "reason", "family", "local",

@@ -233,30 +233,36 @@ def test_stale_keepalive_reset(why):
 
 # ---- (b) a refused connect ----
 
-def _refused_client(report):
-    s = socket.socket()
+def _refused_client(report, host):
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     s.settimeout(5)
-    report(result=_errno_of(s.connect, ("127.0.0.1", REFUSED_PORT)))
+    report(result=_errno_of(s.connect, (host, REFUSED_PORT)), local_port=s.getsockname()[1])
     s.close()
 
 
-def test_refused_connect(why):
-    with socket.socket() as probe:  # nothing listens there: a bind would fail if something did
-        probe.bind(("127.0.0.1", REFUSED_PORT))
-    cli = Child("wy_rf_cli", _refused_client)
-    assert cli.next()["result"] == "ECONNREFUSED"
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"], ids=["ipv4", "ipv6"])
+def test_refused_connect(why, host):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:  # nothing listens there: a bind would fail if something did
+        probe.bind((host, REFUSED_PORT))
+    comm = "wy_rf%d_cli" % family
+    cli = Child(comm, _refused_client, host)
+    c = cli.next()
+    assert c["result"] == "ECONNREFUSED"
     assert cli.wait() == 0
     why.wait_for("errnomon_connect_failures_total",
-                 [(dict(comm="wy_rf_cli", errno="ECONNREFUSED", remote="127.0.0.1", port=str(REFUSED_PORT)), 1)],
-                 comm="wy_rf_cli")
-    events = by_kind(wait_events(why, "wy_rf_cli", 2))
+                 [(dict(comm=comm, errno="ECONNREFUSED", remote=host, port=str(REFUSED_PORT)), 1)], comm=comm)
+    events = by_kind(wait_events(why, comm, 2))
     assert sorted(events) == ["connect_failed", "reset_received"]
     (failed,), (reset,) = events["connect_failed"], events["reset_received"]
+    peer = "[%s]" % host if ":" in host else host
     for e in (failed, reset):
-        assert (e["pid"], e["errno"], e["state"], e["remote"], e["remote_port"], e["port"]) == \
-            (cli.pid, "ECONNREFUSED", "SYN_SENT", "127.0.0.1", REFUSED_PORT, REFUSED_PORT)
+        assert (e["pid"], e["errno"], e["state"], e["family"], e["local"], e["remote"], e["remote_port"],
+                e["port"]) == (cli.pid, "ECONNREFUSED", "SYN_SENT", "ipv6" if ":" in host else "ipv4", host, host,
+                               REFUSED_PORT, REFUSED_PORT)
         assert (e["age_s"], e["idle_send_s"], e["idle_recv_s"], e["fin_received"]) == (None, None, None, False)
-        assert e["explanation"] == "connection refused: nothing listens on 127.0.0.1:%d" % REFUSED_PORT
+        assert e["explanation"] == "connection refused: nothing listens on %s:%d" % (peer, REFUSED_PORT)
+    assert reset["local_port"] == c["local_port"]
     assert (failed["op"], failed["bytes_sent"], failed["retrans"]) == ("connect", 0, 0)
 
 

@@ -142,7 +142,8 @@ def test_log_numbers_labels_and_bounds():
     log = kept_log(5, keep=3)
     answer = log.query(events.parse_filters("", log.keep))
     assert [e["seq"] for e in answer["events"]] == [3, 4, 5]
-    assert (answer["kept"], answer["dropped"]) == (3, {"rate_limit": 7, "ring_full": 0})
+    assert (answer["kept"], answer["dropped"], answer["last_seq"]) == (3, {"rate_limit": 7, "ring_full": 0}, 5)
+    assert log.query(events.parse_filters("comm=none", log.keep))["last_seq"] == 5  # whatever the filters
     assert [e["labels"] for e in answer["events"]] == [{}, {"unit": "u1"}, {}]
     assert list(answer["events"][0]) == list(events.FIELDS)
     assert answer["events"][0]["explanation"].startswith("reset after 61 s idle")  # silent 61 s, then sent
