@@ -304,7 +304,7 @@ class Daemon:
         self.config = new
         self.pods.configure(new.pod_host_root)
         self.aggregator.configure(new)
-        self.events.resize(new.events_keep)
+        self.events.configure(new.events_keep)
         self.event_reader.prepare = self.pods.prepare if new.pod_labels else None
         self.programs.event_interval_ns = event_interval_ns(new)
         self.drain.set_count_flags(count_flags(new))  # writes the settings, the event rate with them

@@ -14,6 +14,7 @@ import json
 import logging
 import platform
 import re
+import sys
 import threading
 import time
 from urllib.parse import parse_qs
@@ -232,6 +233,18 @@ class Decoder:
 
 # ---- the kept events ----
 
+FIELDS = ("seq", "time", "kind", "pid", "tid", "comm", "labels", "op", "errno", "reason", "family", "local",
+          "local_port", "remote", "remote_port", "port", "state", "age_s", "idle_send_s", "idle_recv_s",
+          "bytes_sent", "bytes_received", "retrans", "srtt_ms", "fin_received", "fin_before_s", "explanation")
+# An event is kept as a tuple of these (the explanation is made when it is served): a dict of them took 1.6 KiB,
+# 15 MiB for the default events.keep; the tuple, its strings interned and its labels shared, about a third.
+STORED = FIELDS[:-1]
+AT = {name: i for i, name in enumerate(STORED)}
+_INTERNED = tuple(AT[name] for name in ("kind", "comm", "op", "errno", "reason", "family", "local", "remote",
+                                          "state"))
+LABEL_CACHE = 1024  # owners whose labels are shared between their events
+
+
 class EventLog:
     """The last `keep` events, numbered from 1, newest last. Thread-safe: the main loop adds, HTTP reads.
 
@@ -244,51 +257,62 @@ class EventLog:
         self.seq = 0
         self.labels = labels or (lambda cgroup, pid: {})
         self.dropped = dropped or (lambda: {reason: 0 for reason in abi.EVENT_DROP_REASONS})
+        self._labels = {}  # (cgroup, pid) -> the labels dict its events share (never changed once made)
 
     @property
     def keep(self):
         return self.events.maxlen
 
-    def resize(self, keep):
+    def configure(self, keep):
+        """A reload: events.keep, and labels made anew (the label config may have changed)."""
         with self.lock:
             if keep != self.events.maxlen:
                 self.events = collections.deque(self.events, maxlen=keep)
+        self._labels = {}
+
+    def _labels_of(self, cgroup, pid):
+        key = (cgroup, pid)
+        labels = self._labels.get(key)
+        if labels is None:
+            if len(self._labels) >= LABEL_CACHE:
+                self._labels = {}
+            labels = self._labels[key] = self.labels(cgroup, pid)
+        return labels
 
     def add(self, decoded):
-        """decoded: dicts from Decoder; labels and explanation are added here."""
-        out = []
+        """decoded: dicts from Decoder; numbered and labelled here."""
+        rows = []
         for e in decoded:
-            cgroup = e.pop("cgroup")
-            e["labels"] = self.labels(cgroup, e["pid"])
-            e["explanation"] = explain(e)
-            out.append(e)
+            e["labels"] = self._labels_of(e.pop("cgroup"), e["pid"])
+            e["seq"] = 0
+            row = [e[name] for name in STORED]
+            for i in _INTERNED:
+                row[i] = sys.intern(row[i])
+            rows.append(row)
         with self.lock:
-            for e in out:
+            for row in rows:
                 self.seq += 1
-                e["seq"] = self.seq
-                self.events.append(e)
+                row[0] = self.seq
+                self.events.append(tuple(row))
 
     def query(self, f):
         """The /errors answer for a Filter."""
         with self.lock:
-            events, last_seq = list(self.events), self.seq
-        kept = len(events)
+            rows, last_seq = list(self.events), self.seq
+        kept = len(rows)
         if f.after is not None:
-            events = [e for e in events if e["seq"] > f.after]
-        events = [e for e in events if f.match(e)]
+            rows = [r for r in rows if r[0] > f.after]
+        rows = [r for r in rows if f.match(r)]
         # following (after=): the oldest new ones first, so a follower misses none; else the newest
-        events = events[:f.limit] if f.after is not None else events[-f.limit:]
-        return {"events": [ordered(e) for e in events], "kept": kept, "dropped": dict(self.dropped()),
+        rows = rows[:f.limit] if f.after is not None else rows[-f.limit:]
+        return {"events": [served(r) for r in rows], "kept": kept, "dropped": dict(self.dropped()),
                 "last_seq": last_seq}
 
 
-FIELDS = ("seq", "time", "kind", "pid", "tid", "comm", "labels", "op", "errno", "reason", "family", "local",
-          "local_port", "remote", "remote_port", "port", "state", "age_s", "idle_send_s", "idle_recv_s",
-          "bytes_sent", "bytes_received", "retrans", "srtt_ms", "fin_received", "fin_before_s", "explanation")
-
-
-def ordered(e):
-    return {k: e[k] for k in FIELDS}
+def served(row):
+    e = dict(zip(STORED, row))
+    e["explanation"] = explain(e)
+    return e
 
 
 # ---- GET /errors filters ----
@@ -308,24 +332,33 @@ class Filter:
                  limit=DEFAULT_LIMIT):
         self.comm, self.remote, self.port, self.errno = comm, remote, port, errno
         self.since, self.after, self.limit = since, after, limit
+        self._inside = {}  # remote -> inside self.remote
 
-    def match(self, e):
-        if self.comm is not None and e["comm"] != self.comm:
+    def match(self, row):
+        """row: an event as EventLog keeps it (a tuple in STORED order)."""
+        if self.comm is not None and row[AT["comm"]] != self.comm:
             return False
-        if self.port is not None and e["port"] != self.port:
+        if self.port is not None and row[AT["port"]] != self.port:
             return False
-        if self.errno is not None and e["errno"] != self.errno:
+        if self.errno is not None and row[AT["errno"]] != self.errno:
             return False
-        if self.since is not None and e["time"] < self.since:
+        if self.since is not None and row[AT["time"]] < self.since:
             return False
         if self.remote is not None:
-            try:
-                addr = ipaddress.ip_address(e["remote"])
-            except ValueError:
-                return False
-            if addr.version != self.remote.version or addr not in self.remote:
+            remote = row[AT["remote"]]
+            inside = self._inside.get(remote)
+            if inside is None:
+                inside = self._inside[remote] = self._in_remote(remote)  # few peers, many events: once each
+            if not inside:
                 return False
         return True
+
+    def _in_remote(self, text):
+        try:
+            addr = ipaddress.ip_address(text)
+        except ValueError:
+            return False
+        return addr.version == self.remote.version and addr in self.remote
 
 
 def parse_filters(query, keep, now=None):

@@ -147,7 +147,7 @@ def test_log_numbers_labels_and_bounds():
     assert [e["labels"] for e in answer["events"]] == [{}, {"unit": "u1"}, {}]
     assert list(answer["events"][0]) == list(events.FIELDS)
     assert answer["events"][0]["explanation"].startswith("reset after 61 s idle")  # silent 61 s, then sent
-    log.resize(2)
+    log.configure(2)
     assert [e["seq"] for e in log.query(events.parse_filters("", 2))["events"]] == [4, 5]
 
 
