@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -264,6 +265,64 @@ def test_refused_connect(why, host):
         assert e["explanation"] == "connection refused: nothing listens on %s:%d" % (peer, REFUSED_PORT)
     assert reset["local_port"] == c["local_port"]
     assert (failed["op"], failed["bytes_sent"], failed["retrans"]) == ("connect", 0, 0)
+
+
+# ---- a connect whose SYNs go unanswered: the retransmissions are the tcp_sock's own ----
+
+NETNS, SYN_PORT, SYN_RETRIES = "wy-r1", 47120, 2
+
+
+@pytest.fixture
+def syn_drop():
+    """A network namespace whose loopback drops SYNs to SYN_PORT (nft, counting them), deleted after the test."""
+    subprocess.run(["ip", "netns", "add", NETNS], check=True)
+    try:
+        subprocess.run(["ip", "-n", NETNS, "link", "set", "lo", "up"], check=True)
+        subprocess.run(["ip", "netns", "exec", NETNS, "nft", "-f", "-"], check=True, text=True, input=(
+            "table inet wy {\n chain input {\n  type filter hook input priority 0;\n  tcp dport %d counter drop\n }\n}\n"
+            % SYN_PORT))
+        yield NETNS
+    finally:
+        subprocess.run(["ip", "netns", "del", NETNS], check=True)
+
+
+def dropped_syns(netns):
+    """Packets the nft rule dropped: the SYNs the attempt sent, the first and its retransmissions."""
+    out = subprocess.run(["ip", "netns", "exec", netns, "nft", "-j", "list", "ruleset"], check=True,
+                         capture_output=True, text=True).stdout
+    counters = [e["counter"]["packets"] for item in json.loads(out)["nftables"] if "rule" in item
+                for e in item["rule"]["expr"] if "counter" in e]
+    assert len(counters) == 1, out
+    return counters[0]
+
+
+def _syn_timeout_client(report, netns):
+    fd = os.open("/run/netns/" + netns, os.O_RDONLY)
+    assert _libc.setns(fd, 0x40000000) == 0  # CLONE_NEWNET
+    os.close(fd)
+    s = socket.socket()
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_SYNCNT, SYN_RETRIES)
+    t0 = time.monotonic()
+    result = _errno_of(s.connect, ("127.0.0.1", SYN_PORT))
+    report(result=result, seconds=time.monotonic() - t0)
+    s.close()
+
+
+def test_connect_timeout_after_retransmissions(why, syn_drop):
+    cli = Child("wy_st_cli", _syn_timeout_client, syn_drop)
+    c = cli.next(timeout=30)
+    assert cli.wait() == 0
+    assert c["result"] == "ETIMEDOUT" and c["seconds"] < 20, c
+    retransmissions = dropped_syns(syn_drop) - 1  # what the wire saw (the kernel's timing decides how many)
+    assert retransmissions >= SYN_RETRIES
+    why.wait_for("errnomon_connect_failures_total",
+                 [(dict(comm="wy_st_cli", errno="ETIMEDOUT", remote="127.0.0.1", port=str(SYN_PORT)), 1)],
+                 comm="wy_st_cli")
+    (e,) = wait_events(why, "wy_st_cli", 1)
+    assert (e["kind"], e["errno"], e["op"], e["state"], e["retrans"], e["remote_port"], e["pid"]) == \
+        ("connect_failed", "ETIMEDOUT", "connect", "SYN_SENT", retransmissions, SYN_PORT, cli.pid)
+    assert e["explanation"].startswith("connect timed out after %d retransmissions: no answer from 127.0.0.1:%d"
+                                       % (retransmissions, SYN_PORT))
 
 
 # ---- (c) the peer is killed holding unread data ----
