@@ -664,7 +664,7 @@ def memory_section(mem):
                 "a 64 KiB piece of body; past 1 MiB unread, waitress spools to a temporary file). Series are at most "
                 "`series.budget` x 1.1 per metric, nine metrics, and every label is bounded in length (comm 16 bytes, "
                 "an address, a port, a unit or pod name): the budget bounds bytes, not only series. The kernel's "
-                "share is fixed at start: 120 bytes per `kernel.max_sockets` entry (7.5 MiB at 65,536) and the "
+                "share is fixed at start: 136 bytes per `kernel.max_sockets` entry (8.5 MiB at 65,536) and the "
                 "counting maps." % (first["ready"]["rss_anon_mib"], per_series, scrape_extra), ""]
     small = mem.get("small_limit")
     if small:

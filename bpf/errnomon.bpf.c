@@ -312,6 +312,158 @@ static __always_inline void *fd_sock(u32 fd)
     return socket_sk(sock);
 }
 #endif
+/* inet_sock_set_state also fires for SCTP and DCCP sockets: only TCP's (and MPTCP subflows') count.
+ * Without BTF sk_protocol's place is unknown and every socket is taken for TCP (logged at start). */
+static __always_inline int is_tcp(void *sk)
+{
+#ifdef OFF_SOCK_SK_PROTOCOL
+    SK_PROTOCOL_TYPE protocol = 0;
+    bpf_probe_read_kernel(&protocol, sizeof(protocol), sk + OFF_SOCK_SK_PROTOCOL);
+    return protocol == IPPROTO_TCP_NUM;
+#else
+    return 1;
+#endif
+}
+
+/* ---- error events: why, not only how many (GET /errors) ----
+ * Built only on error paths, after the count; the count never depends on them. A global token bucket (GCRA:
+ * events.rate a second, a burst of as many) bounds them; what it refuses, and what a full ring refuses, is
+ * counted in event_drops by reason. */
+BPF_RINGBUF_OUTPUT(events, EVENTS_RING_PAGES);
+BPF_PERCPU_ARRAY(event_drops, u64, EVENT_DROP_REASONS);
+BPF_ARRAY(event_bucket, u64, 1); /* the bucket's theoretical arrival time, ns */
+#define NSEC_PER_SEC_NUM 1000000000ULL
+
+static __always_inline void event_dropped(int reason)
+{
+    u64 *d = event_drops.lookup(&reason);
+    if (d)
+        *d += 1;
+}
+
+/* A record for an event with these labels, or 0 (events off, over the rate, ring full). Every field not
+ * set here is zero; event_submit() sends it. */
+static __always_inline struct errnomon_event *event_begin(int kind, struct errnomon_key *key)
+{
+    struct errnomon_settings *s = get_settings();
+    struct errnomon_event *e;
+    u64 interval, now, t, *tat;
+    int zero = 0;
+
+    if (!s || !s->event_interval_ns)
+        return 0;
+    interval = s->event_interval_ns;
+    tat = event_bucket.lookup(&zero);
+    if (!tat)
+        return 0;
+    now = bpf_ktime_get_ns();
+    t = *tat;
+    if (t < now)
+        t = now;
+    /* at most a second's worth ahead: a burst of events.rate, then one per interval. Racy across CPUs
+     * (two may take the same slot): the rate is approximate, the drop count of what it refused exact. */
+    if (t - now > NSEC_PER_SEC_NUM - interval) {
+        event_dropped(EVENT_DROP_RATE_LIMIT);
+        return 0;
+    }
+    *tat = t + interval;
+    e = events.ringbuf_reserve(sizeof(struct errnomon_event));
+    if (!e) {
+        event_dropped(EVENT_DROP_RING_FULL);
+        return 0;
+    }
+    __builtin_memset(e, 0, sizeof(*e));
+    e->ktime_ns = now;
+    e->kind = kind;
+    e->tgid = key->tgid;
+    e->cgroup = key->cgroup;
+    __builtin_memcpy(e->comm, key->comm, sizeof(e->comm));
+    e->code = key->code;
+    e->op = key->op;
+    e->state = key->state;
+    e->family = key->family;
+    e->port = key->port;
+    __builtin_memcpy(e->remote, key->remote, sizeof(e->remote));
+    return e;
+}
+
+/* What the socket tells at this moment: its addresses and ports, and for a full TCP socket (not a listener,
+ * request or time-wait socket) its idle times, bytes, retransmissions and RTT, from the kernel's own tcp_sock
+ * fields at their BTF offsets; the connection's age and the peer's FIN from its owner entry. */
+static __always_inline void event_socket(struct errnomon_event *e, void *sk, struct errnomon_owner *o)
+{
+    u16 family = sock_family(sk), dport = 0, lport = 0;
+    u8 state = sock_state(sk);
+
+    if (family != AF_INET && family != AF_INET6)
+        return;
+    bpf_probe_read_kernel(&dport, 2, sk + 12);
+    bpf_probe_read_kernel(&lport, 2, sk + 14);
+#ifdef OFF_INET_SOCK_INET_SPORT
+    if (!lport && state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV) {
+        bpf_probe_read_kernel(&lport, 2, sk + OFF_INET_SOCK_INET_SPORT);
+        lport = ntohs(lport);
+    }
+#endif
+    if (!e->state)
+        e->state = state; /* a socket error's: the state the call found the socket in */
+    e->local_port = lport;
+    e->remote_port = ntohs(dport);
+    if (family == AF_INET) {
+        bpf_probe_read_kernel(e->local, 4, sk + 4);
+    } else {
+#ifdef OFF_SOCK_COMMON_SKC_V6_RCV_SADDR
+        bpf_probe_read_kernel(e->local, 16, sk + OFF_SOCK_COMMON_SKC_V6_RCV_SADDR);
+#endif
+    }
+    if (!e->family || e->family != family) {
+        __builtin_memset(e->remote, 0, sizeof(e->remote));
+        if (sock_remote(e->remote, sk, family))
+            e->family = family;
+    }
+    if (o) {
+        e->established_ns = o->established_ns;
+        e->fin_ns = o->fin_ns;
+    }
+#if defined(OFF_TCP_SOCK_LSNDTIME) && defined(OFF_INET_CONNECTION_SOCK_ICSK_ACK_LRCVTIME) && \
+    defined(OFF_TCP_SOCK_BYTES_RECEIVED) && defined(OFF_TCP_SOCK_TOTAL_RETRANS) && defined(OFF_TCP_SOCK_SRTT_US) && \
+    (defined(OFF_TCP_SOCK_BYTES_SENT) || defined(OFF_TCP_SOCK_BYTES_ACKED))
+    if (state == TCP_LISTEN || state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV || !is_tcp(sk))
+        return;
+    e->jiffies = bpf_jiffies64();
+    bpf_probe_read_kernel(&e->lsndtime, 4, sk + OFF_TCP_SOCK_LSNDTIME);
+    bpf_probe_read_kernel(&e->lrcvtime, 4, sk + OFF_INET_CONNECTION_SOCK_ICSK_ACK_LRCVTIME);
+    bpf_probe_read_kernel(&e->bytes_received, 8, sk + OFF_TCP_SOCK_BYTES_RECEIVED);
+    bpf_probe_read_kernel(&e->total_retrans, 4, sk + OFF_TCP_SOCK_TOTAL_RETRANS);
+    bpf_probe_read_kernel(&e->srtt_us, 4, sk + OFF_TCP_SOCK_SRTT_US);
+    e->srtt_us >>= 3;
+#ifdef OFF_TCP_SOCK_BYTES_SENT
+    bpf_probe_read_kernel(&e->bytes_sent, 8, sk + OFF_TCP_SOCK_BYTES_SENT);
+#else
+    bpf_probe_read_kernel(&e->bytes_sent, 8, sk + OFF_TCP_SOCK_BYTES_ACKED);
+    e->flags |= EVENT_BYTES_ACKED;
+#endif
+    e->flags |= EVENT_TCP_FACTS;
+#endif
+}
+
+static __always_inline void event_submit(struct errnomon_event *e)
+{
+    events.ringbuf_submit(e, 0);
+}
+
+/* An event on a socket: begun, filled from the socket, sent. */
+static __always_inline void socket_event(int kind, struct errnomon_key *key, void *sk, struct errnomon_owner *o,
+                                         u32 tid)
+{
+    struct errnomon_event *e = event_begin(kind, key);
+    if (!e)
+        return;
+    e->tid = tid;
+    if (sk)
+        event_socket(e, sk, o);
+    event_submit(e);
+}
 
 /* ---- send / recv return paths: the hot path ---- */
 
@@ -476,8 +628,10 @@ static __always_inline int io_error(void *sk, int ret, int op)
     key_from_current(&key);
     key.op = op;
     key.code = err;
-    if (op != OP_SEND || !sent_earlier_in_sendfile())
+    if (op != OP_SEND || !sent_earlier_in_sendfile()) {
         count(&key, METRIC_SOCKET_ERRORS);
+        socket_event(EVENT_SOCKET_ERROR, &key, sk, o, (u32)bpf_get_current_pid_tgid());
+    }
     if (o && (o->flags & OWNER_AMBIGUOUS)) {
         /* now we know which program holds the accepted socket */
         o->tgid = key.tgid;
@@ -843,19 +997,6 @@ int bpf_iter__tcp(struct bpf_iter__tcp *ctx)
 #endif
 #endif
 
-/* inet_sock_set_state also fires for SCTP and DCCP sockets: only TCP's (and MPTCP subflows') count.
- * Without BTF sk_protocol's place is unknown and every socket is taken for TCP (logged at start). */
-static __always_inline int is_tcp(void *sk)
-{
-#ifdef OFF_SOCK_SK_PROTOCOL
-    SK_PROTOCOL_TYPE protocol = 0;
-    bpf_probe_read_kernel(&protocol, sizeof(protocol), sk + OFF_SOCK_SK_PROTOCOL);
-    return protocol == IPPROTO_TCP_NUM;
-#else
-    return 1;
-#endif
-}
-
 /* A connection attempt of this host (CLOSE -> SYN_SENT seen) that neither completed nor failed yet. */
 static __always_inline int attempt_pending(struct errnomon_owner *o)
 {
@@ -863,13 +1004,16 @@ static __always_inline int attempt_pending(struct errnomon_owner *o)
 }
 
 /* Counts the failure of an attempt once, at the first hook that knows its error. */
-static __always_inline void connect_failed(struct errnomon_owner *o, int err)
+static __always_inline void connect_failed(void *sk, struct errnomon_owner *o, int err)
 {
     struct errnomon_key key = {};
     key_from_owner(&key, o);
     key.code = err;
     count(&key, METRIC_CONNECT_FAILURES);
     o->flags |= OWNER_CONNECT_FAILED;
+    key.op = OP_CONNECT;
+    key.state = TCP_SYN_SENT; /* the state the attempt failed in, whichever hook saw it */
+    socket_event(EVENT_CONNECT_FAILED, &key, sk, o, 0);
 }
 
 /* inet_sock_set_state(sk, oldstate, newstate) */
@@ -907,6 +1051,7 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
         known = owner_of(sk);
         if (known) {
             known->flags |= OWNER_ESTABLISHED;
+            known->established_ns = bpf_ktime_get_ns();
             /* a child of a listener: before 6.13 or so its peer address is filled in only after
              * LISTEN -> SYN_RECV, where its owner entry was made (seen as 0.0.0.0 on 6.12) */
             if ((known->flags & OWNER_ACCEPTED) && sock_remote(known->remote, sk, family))
@@ -957,7 +1102,7 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
         }
 #endif
         if (err > 0)  /* none: the program closed the socket before anything failed */
-            connect_failed(known, err);
+            connect_failed(sk, known, err);
         return 0;
     }
 #endif
@@ -1001,6 +1146,8 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
     if (metric >= 0) {
         struct errnomon_key key = {};
         known = owner_of(sk);
+        if (known && metric == METRIC_TCP_FINS_RECEIVED)
+            known->fin_ns = bpf_ktime_get_ns(); /* for error events: the peer had closed first */
         if (known)
             key_from_owner(&key, known);
         else
@@ -1045,11 +1192,12 @@ RAW_TRACEPOINT_PROBE(tcp_receive_reset)
     /* fires inside tcp_reset(), before the state changes: this is the state the RST hit */
     key.state = sock_state(sk);
     count(&key, METRIC_TCP_RESETS_RECEIVED);
+    socket_event(EVENT_RESET_RECEIVED, &key, sk, o, 0);
 #ifdef OFF_SOCK_SK_ERR
     /* A reset in SYN_SENT fails the attempt with ECONNREFUSED, always. Counted here, before tcp_reset()
      * publishes the error: the program may take it with SO_ERROR before SYN_SENT -> CLOSE reads it. */
     if (key.state == TCP_SYN_SENT && attempt_pending(o))
-        connect_failed(o, ECONNREFUSED);
+        connect_failed(sk, o, ECONNREFUSED);
 #endif
     return 0;
 }
@@ -1134,6 +1282,8 @@ RAW_TRACEPOINT_PROBE(tcp_send_reset)
     key.code = (u16)ctx->args[2];
 #endif
     count(&key, METRIC_TCP_RESETS_SENT);
+    /* a listener's or time-wait socket's own addresses are not the connection's: the segment's peer only */
+    socket_event(EVENT_RESET_SENT, &key, state == TCP_LISTEN ? 0 : sk, o, 0);
     return 0;
 }
 #endif
@@ -1167,7 +1317,7 @@ static __always_inline int error_report(void *sk)
          * clears it, before the timer's SYN_SENT -> CLOSE, where it would then read 0 (seen under load: 1-2 of
          * 60). Every other failure is counted when the socket leaves SYN_SENT. */
         if (sock_state(sk) == TCP_SYN_SENT && attempt_pending(o))
-            connect_failed(o, err);
+            connect_failed(sk, o, err);
         return 0;
     }
     key_from_sock(&key, sk, o);
@@ -1402,6 +1552,7 @@ static __always_inline int reset_without_full_socket(void *sk, void *skb)
     key.state = state;
     key.code = !sk ? RESET_REASON_NO_SOCKET : state == TCP_TIME_WAIT ? RESET_REASON_TIMEWAIT_SOCKET : 0;
     count(&key, METRIC_TCP_RESETS_SENT);
+    socket_event(EVENT_RESET_SENT, &key, sk, 0, 0);
     return 0;
 }
 

@@ -77,6 +77,10 @@ struct errnomon_owner {
     __u64 cgroup;
     __u8 remote[16];
     char comm[ERRNOMON_COMM_LEN];
+    /* bpf_ktime_get_ns() when the connection became ESTABLISHED and when the peer's FIN arrived (it entered
+     * CLOSE_WAIT or CLOSING); 0: not seen. Set from inet_sock_set_state, read only by error events. */
+    __u64 established_ns;
+    __u64 fin_ns;
 };
 
 /* Who listens on a local port (key: the port, host order). count: listening sockets on the port.
@@ -104,7 +108,7 @@ struct errnomon_settings {
     __u32 count_flags; /* COUNT_*: errnos that are normally dropped in the kernel */
     __u16 ephemeral_low;  /* net.ipv4.ip_local_port_range: ports the kernel hands out to clients, */
     __u16 ephemeral_high; /* never a service port */
-    __u32 pad;
+    __u32 event_interval_ns; /* events.rate as ns between events (1e9 / rate); 0: no error events */
 };
 
 /* metric field of the key; also the index into the drops array (counts lost to a full map). */
@@ -123,5 +127,53 @@ struct errnomon_settings {
  * (BPF_PROG_TEST_RUN passes at most 12 u64 arguments to a raw tracepoint program). */
 #define LISTEN_SOCKETS 16384
 #define LISTEN_SWEEP_BATCH 12
+
+/* Error events: one record a socket error, reset or failed connect, on the `events` ring buffer, for the
+ * daemon's GET /errors. Counting never depends on them. */
+#define EVENT_SOCKET_ERROR 1   /* an error a socket call returned to the application (op: send, recv) */
+#define EVENT_RESET_RECEIVED 2
+#define EVENT_RESET_SENT 3
+#define EVENT_CONNECT_FAILED 4
+
+/* flags of errnomon_event */
+#define EVENT_TCP_FACTS 1     /* jiffies, lsndtime, lrcvtime, bytes, total_retrans, srtt_us read from the tcp_sock */
+#define EVENT_BYTES_ACKED 2   /* bytes_sent holds tcp_sock.bytes_acked (the kernel has no bytes_sent) */
+
+/* reason of errnomon_events_dropped_total: index into the event_drops per-CPU array */
+#define EVENT_DROP_RATE_LIMIT 0
+#define EVENT_DROP_RING_FULL 1
+#define EVENT_DROP_REASONS 2
+
+/* pages of the events ring (a power of 2): 512 KiB, some 3,600 events between two reads of the daemon */
+#define EVENTS_RING_PAGES 128
+
+struct errnomon_event {
+    __u64 ktime_ns;       /* bpf_ktime_get_ns() */
+    __u64 cgroup;
+    __u64 established_ns; /* from the owner entry; 0 unknown */
+    __u64 fin_ns;         /* the peer's FIN, from the owner entry; 0 none seen */
+    __u64 bytes_sent;     /* tcp_sock.bytes_sent (or bytes_acked, EVENT_BYTES_ACKED) */
+    __u64 bytes_received; /* tcp_sock.bytes_received */
+    __u32 tgid;
+    __u32 tid;            /* 0 for kernel-side events (the owner's thread is not known) */
+    __u32 jiffies;        /* (u32) bpf_jiffies64(): the clock of lsndtime and lrcvtime */
+    __u32 lsndtime;       /* tcp_sock.lsndtime: jiffies of the last data sent */
+    __u32 lrcvtime;       /* icsk_ack.lrcvtime: jiffies of the last data received */
+    __u32 total_retrans;
+    __u32 srtt_us;        /* smoothed RTT in us (tcp_sock.srtt_us >> 3) */
+    __u16 code;           /* errno (socket error, connect failure) or reset reason (reset sent) */
+    __u16 local_port;
+    __u16 remote_port;
+    __u16 port;           /* service port; 0 unknown */
+    __u8 kind;            /* EVENT_* */
+    __u8 op;              /* OP_* */
+    __u8 family;          /* AF_INET / AF_INET6; 0 unknown */
+    __u8 state;           /* TCP state at the event */
+    __u8 flags;           /* EVENT_TCP_FACTS, ... */
+    __u8 pad[3];
+    __u8 local[16];       /* IPv4 in the first 4 bytes */
+    __u8 remote[16];
+    char comm[ERRNOMON_COMM_LEN];
+};
 
 #endif

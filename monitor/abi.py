@@ -69,6 +69,8 @@ class Owner(ctypes.Structure):
         ("cgroup", ctypes.c_uint64),
         ("remote", ctypes.c_uint8 * 16),
         ("comm", ctypes.c_char * COMM_LEN),
+        ("established_ns", ctypes.c_uint64),
+        ("fin_ns", ctypes.c_uint64),
     ]
 
 
@@ -82,7 +84,46 @@ class ListenSock(ctypes.Structure):
 
 class Settings(ctypes.Structure):
     _fields_ = [("gen", ctypes.c_uint32), ("count_flags", ctypes.c_uint32), ("ephemeral_low", ctypes.c_uint16),
-                ("ephemeral_high", ctypes.c_uint16), ("pad", ctypes.c_uint32)]
+                ("ephemeral_high", ctypes.c_uint16), ("event_interval_ns", ctypes.c_uint32)]
+
+
+class Event(ctypes.Structure):
+    _fields_ = [
+        ("ktime_ns", ctypes.c_uint64),
+        ("cgroup", ctypes.c_uint64),
+        ("established_ns", ctypes.c_uint64),
+        ("fin_ns", ctypes.c_uint64),
+        ("bytes_sent", ctypes.c_uint64),
+        ("bytes_received", ctypes.c_uint64),
+        ("tgid", ctypes.c_uint32),
+        ("tid", ctypes.c_uint32),
+        ("jiffies", ctypes.c_uint32),
+        ("lsndtime", ctypes.c_uint32),
+        ("lrcvtime", ctypes.c_uint32),
+        ("total_retrans", ctypes.c_uint32),
+        ("srtt_us", ctypes.c_uint32),
+        ("code", ctypes.c_uint16),
+        ("local_port", ctypes.c_uint16),
+        ("remote_port", ctypes.c_uint16),
+        ("port", ctypes.c_uint16),
+        ("kind", ctypes.c_uint8),
+        ("op", ctypes.c_uint8),
+        ("family", ctypes.c_uint8),
+        ("state", ctypes.c_uint8),
+        ("flags", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+        ("local", ctypes.c_uint8 * 16),
+        ("remote", ctypes.c_uint8 * 16),
+        ("comm", ctypes.c_char * COMM_LEN),
+    ]
+
+
+# kind of an Event, by its EVENT_* number, as GET /errors names it
+EVENT_KINDS = {DEFINES["EVENT_SOCKET_ERROR"]: "socket_error", DEFINES["EVENT_RESET_RECEIVED"]: "reset_received",
+               DEFINES["EVENT_RESET_SENT"]: "reset_sent", DEFINES["EVENT_CONNECT_FAILED"]: "connect_failed"}
+# reason label of errnomon_events_dropped_total -> index in the event_drops array
+EVENT_DROP_REASONS = {"rate_limit": DEFINES["EVENT_DROP_RATE_LIMIT"], "ring_full": DEFINES["EVENT_DROP_RING_FULL"]}
+EVENTS_RING_BYTES = DEFINES["EVENTS_RING_PAGES"] * 4096
 
 
 GEN_OFFSET = Key.gen.offset

@@ -125,13 +125,23 @@ class Aggregator:
             "port": str(event.port) if event.port else "", "state": event.state, "reason": event.reason,
             "action": event.action,
         }
-        if self.config.pid_label:
-            v["pid"] = str(event.pid) if event.pid else ""
-        if self.config.unit_label:
-            v["unit"] = self.unit_of(event.cgroup, event.pid)
-        if self.config.pod_labels:
-            v.update(zip(POD_LABELS, self.pod_of(event.cgroup)))
+        v.update(self._extra(event.cgroup, event.pid))
         return v
+
+    def _extra(self, cgroup, pid):
+        v = {}
+        if self.config.pid_label:
+            v["pid"] = str(pid) if pid else ""
+        if self.config.unit_label:
+            v["unit"] = self.unit_of(cgroup, pid)
+        if self.config.pod_labels:
+            v.update(zip(POD_LABELS, self.pod_of(cgroup)))
+        return v
+
+    def extra_labels(self, cgroup, pid):
+        """The labels the config adds to every metric (pid, unit, namespace/pod/container) for an owner."""
+        with self.lock:
+            return self._extra(cgroup, pid)
 
     def add(self, events):
         """events: iterable of (Event, count)."""

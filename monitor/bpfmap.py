@@ -274,3 +274,47 @@ class WakeRing:
 
     def discard(self):
         struct.pack_into("Q", self._consumer, 0, struct.unpack_from("Q", self._producer, 0)[0])
+
+
+class EventRing:
+    """A BPF ring buffer (BPF_MAP_TYPE_RINGBUF) of fixed-size records, read without bcc, by mmap.
+
+    Layout (kernel/bpf/ringbuf.c): the consumer position read-write at page 0; the producer position and, from
+    the next page on, the data pages mapped twice in a row, read-only, so a record that wraps is contiguous.
+    Each record starts with an 8-byte header: its length with BUSY (bit 31: still being written) and DISCARD
+    (bit 30) flags, then the page offset; records are 8-byte aligned. fileno() polls readable while records wait."""
+
+    BUSY, DISCARD = 1 << 31, 1 << 30
+
+    def __init__(self, fd, size):
+        self.fd = fd
+        self.size = size  # bytes of data, a power of 2 pages
+        page = mmap.PAGESIZE
+        self._consumer = mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        self._data = mmap.mmap(fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        self._page = page
+
+    def fileno(self):
+        return self.fd
+
+    def read(self, most=None):
+        """The records (bytes) written since the last read, oldest first, up to `most`; frees their room."""
+        out = []
+        consumer = struct.unpack_from("Q", self._consumer, 0)[0]
+        producer = struct.unpack_from("Q", self._data, 0)[0]
+        mask = self.size - 1
+        while consumer < producer and (most is None or len(out) < most):
+            at = self._page + (consumer & mask)
+            header = struct.unpack_from("I", self._data, at)[0]
+            if header & self.BUSY:  # reserved, not yet submitted: the next read takes it
+                break
+            length = header & ~(self.BUSY | self.DISCARD)
+            if not header & self.DISCARD:
+                out.append(self._data[at + 8:at + 8 + length])
+            consumer += (length + 8 + 7) & ~7
+        struct.pack_into("Q", self._consumer, 0, consumer)
+        return out
+
+    def close(self):
+        self._consumer.close()
+        self._data.close()

@@ -74,6 +74,14 @@ class ErrnoCollector:
             dropped.add_metric([metric + "_map_full"], n)
         yield dropped
 
+        undelivered = CounterMetricFamily("errnomon_events_dropped",
+                                          "Error events (GET /errors) not delivered, counted in the kernel: over "
+                                          "events.rate (rate_limit) or with the ring buffer full (ring_full). "
+                                          "The error counts never miss them.", labels=["reason"])
+        for reason, n in sorted(status.get("event_drops", {}).items()):
+            undelivered.add_metric([reason], n)
+        yield undelivered
+
         folded = CounterMetricFamily("errnomon_series_overflow",
                                      "Errors counted into remote=\"other\" (comm=\"other\" for errnomon_sigpipe_total) "
                                      "because the metric's series budget was spent (raise series.budget or "

@@ -51,6 +51,7 @@ _SECTIONS = {
     "remote": ("groups", "ipv4_prefix", "ipv6_prefix"),
     "series": ("budget", "ttl"),
     "kernel": ("count", "map_size", "max_sockets", "drain_interval", "syscall_tracepoints", "function_hooks"),
+    "events": ("enabled", "rate", "keep"),
 }
 _GROUP_KEYS = ("name", "cidrs", "paths")
 
@@ -90,6 +91,9 @@ class Config:
     syscall_tracepoints: bool = False  # kernel.syscall_tracepoints: connect/accept exits (op=connect, accept)
     # kernel.function_hooks: where a tracepoint is missing (older kernels), the kernel-function hooks allowed
     function_hooks: tuple = FUNCTION_HOOK_FAMILIES
+    events_enabled: bool = True    # events.enabled: error events for GET /errors
+    events_rate: int = 1000        # events.rate (1..1_000_000) events a second at most, a burst of as many
+    events_keep: int = 10000       # events.keep (1..1_000_000) newest events kept
 
 
 # ---------------------------------------------------------------------------
@@ -291,6 +295,14 @@ class _Parser:
                     "must be between 50ms and 10s, got %s" % _fmt_seconds(interval),
                 )
             fields["drain_interval"] = interval
+
+        events = self.mapping(top.get("events"), "events", _SECTIONS["events"])
+        if "enabled" in events:
+            fields["events_enabled"] = self.boolean(events["enabled"], "events.enabled")
+        if "rate" in events:
+            fields["events_rate"] = self.integer(events["rate"], "events.rate", 1, 1_000_000)
+        if "keep" in events:
+            fields["events_keep"] = self.integer(events["keep"], "events.keep", 1, 1_000_000)
 
         return Config(**fields)
 

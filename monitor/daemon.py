@@ -11,7 +11,7 @@ import time
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from . import abi, config as config_mod, decode, loader, sdnotify, seed, web, webconfig
+from . import abi, bpfmap, config as config_mod, decode, events, loader, sdnotify, seed, web, webconfig
 from .aggregate import Aggregator
 from .cgroups import UnitResolver
 from .collector import ErrnoCollector
@@ -21,6 +21,7 @@ from .pods import PodResolver
 
 log = logging.getLogger("errnomon")
 EXPIRE_EVERY = 60.0
+EVENTS_EVERY = 1.0  # seconds: error events reach /errors at most this late while errors are being counted
 # Listeners followed in the kernel have their drops counted at their close and at each poll (monitor/listen_queue.py);
 # on the fallback rung a poll only delays a count, but the drops after a listener's last poll are lost with it.
 LISTEN_POLL_EVERY = 5.0
@@ -71,6 +72,11 @@ def socket_tables(max_sockets):
         log.warning("%d TCP sockets on the host but kernel.max_sockets is %d: owners will be evicted; raise it, "
                     "or set it to auto", sockets, max_sockets)
     return owners, seeded
+
+
+def event_interval_ns(config):
+    """events.rate as the programs take it: nanoseconds between events; 0 when events are off."""
+    return 1_000_000_000 // config.events_rate if config.events_enabled else 0
 
 
 def count_flags(config):
@@ -193,7 +199,9 @@ class Daemon:
         limit_malloc_arenas()
         self.registry = CollectorRegistry(auto_describe=True)  # so that ?name[]= finds the collector's metrics
         watcher = webconfig.Watcher(self.web_config) if self.web_config is not None else None
-        self.httpd = web.bind(self.listen_address, self.telemetry_path, self.registry, web.raise_file_limit(), watcher)
+        self.events = events.EventLog(self.config.events_keep)
+        self.httpd = web.bind(self.listen_address, self.telemetry_path, self.registry, web.raise_file_limit(), watcher,
+                              routes={"/errors": events.app(self.events)})
         self.tables = socket_tables(self.config.max_sockets)
         self.status("loading BPF programs")
         t0 = time.monotonic()
@@ -211,6 +219,12 @@ class Daemon:
                                       self.programs.unix_path)
         self.pods = PodResolver(self.config.pod_host_root)
         self.aggregator = Aggregator(self.config, unit_of=UnitResolver(), pod_of=self.pods.get)
+        self.events.labels, self.events.dropped = self.aggregator.extra_labels, self.programs.event_drops
+        self.event_reader = events.Reader(
+            bpfmap.EventRing(self.programs.events_fd, abi.EVENTS_RING_BYTES),
+            events.Decoder(events.kernel_hz(), self.decoder.reasons), self.events,
+            prepare=self.pods.prepare if self.config.pod_labels else None)
+        self.programs.event_interval_ns = event_interval_ns(self.config)
         self.drain = Drain(self.programs, count_flags(self.config))
         sweep = self.programs.listen_sweep
         self.listen_queues = ListenQueues(kernel=KernelListeners(*sweep, adopt=self.programs.listen_adopt)
@@ -256,7 +270,8 @@ class Daemon:
                         "on kernel-side events", r.denied)
 
     def _status(self):
-        return {"attached": self.programs.attached, "drops": self.programs.drops(), "missed": self.programs.missed()}
+        return {"attached": self.programs.attached, "drops": self.programs.drops(), "missed": self.programs.missed(),
+                "event_drops": self.programs.event_drops()}
 
     def drain_once(self):
         events = self.drain()
@@ -291,7 +306,10 @@ class Daemon:
         self.config = new
         self.pods.configure(new.pod_host_root)
         self.aggregator.configure(new)
-        self.drain.set_count_flags(count_flags(new))
+        self.events.configure(new.events_keep)
+        self.event_reader.prepare = self.pods.prepare if new.pod_labels else None
+        self.programs.event_interval_ns = event_interval_ns(new)
+        self.drain.set_count_flags(count_flags(new))  # writes the settings, the event rate with them
         log.info("config reloaded from %s", self.config_file)
 
     def run(self):
@@ -323,9 +341,15 @@ class Daemon:
                     next_expire = now + EXPIRE_EVERY
                 # the watchdog has its own deadline: a WatchdogSec shorter than the drain interval still works
                 deadline = min(next_drain, next_listen, next_expire, next_ping if watchdog else math.inf)
+                if not self.drain.asleep:  # error events at least every EVENTS_EVERY, however long the interval
+                    deadline = min(deadline, self.event_reader.last + EVENTS_EVERY)
                 # the ring only while asleep: awake, it fills until the next drain empties it
                 if signals.wait(deadline - time.monotonic(), [self.drain.ring] if self.drain.asleep else []):
                     next_drain = self.drain.woken(self.config.drain_interval)
+                # Error events, at every wake-up: every event comes with a count, and a count wakes a sleeping
+                # loop (its key is the generation's first); an awake loop drains every interval. So the events
+                # ring needs no wake-ups of its own.
+                self.event_reader()
             log.info("%s received", signals.stop)
         finally:
             self.stop()

@@ -265,6 +265,15 @@ LAYOUT = {
     # a socket's own port, kept in inet_sport when the kernel has already released the bound one (skc_num 0:
     # a reset sent by close() with SO_LINGER {1, 0}, after tcp_set_state(CLOSE) put the port back)
     ("inet_sock", "inet_sport"): "resets sent by aborting closes of sockets without an owner entry carry no port",
+    # error events (GET /errors): the local IPv6 address, and what a TCP socket tells about its connection
+    ("sock_common", "skc_v6_rcv_saddr"): "error events of IPv6 sockets carry no local address",
+    ("tcp_sock", "lsndtime"): "error events carry no idle times, bytes, retransmissions or RTT",
+    ("inet_connection_sock", "icsk_ack.lrcvtime"): None,
+    ("tcp_sock", "bytes_sent"): None,  # 4.19+; bytes_acked stands in before
+    ("tcp_sock", "bytes_acked"): None,
+    ("tcp_sock", "bytes_received"): None,
+    ("tcp_sock", "total_retrans"): None,
+    ("tcp_sock", "srtt_us"): None,
     ("sock", "sk_drops"): "listen drops are read by polling every network namespace's listeners (sock_diag), "
                           "and a listener's drops in its last poll interval are lost with it",
     ("sock", "sk_drop_counters"): None,
@@ -522,7 +531,7 @@ def describe_choice(chosen, why):
 
 
 # the maps the daemon uses, in the order their fds are passed
-MAPS = ("counts", "drops", "settings", "seeded", "listeners", "wakeups")
+MAPS = ("counts", "drops", "settings", "seeded", "listeners", "wakeups", "events", "event_drops")
 # compiled with listen_socks (OFF_SOCK_SK_DROPS and inet_sock_set_state): its map and the program that sweeps it
 LISTEN_SWEEP = "sweep_listeners"
 # compiled with the unix_sock layout from BTF: the paths of unix sockets' peers, by hash (monitor/decode.py)
@@ -563,6 +572,8 @@ class Programs:
         self.counts_fd, self._drops_fd, self._settings_fd = (map_fds[name] for name in MAPS[:3])
         self.seeded_fd, self.listeners_fd = map_fds["seeded"], map_fds["listeners"]  # monitor/seed.py
         self.wakeups_fd = map_fds["wakeups"]  # monitor/drain.py
+        self.events_fd, self._event_drops_fd = map_fds["events"], map_fds["event_drops"]  # monitor/events.py
+        self.event_interval_ns = 0  # events.rate as the programs take it; 0: no error events
         self.prog_fds = dict(prog_fds or {})  # probe name -> program fd
         # (listen_socks map fd, sweep_listeners program fd), or None where the kernel has no listen tracking
         self.listen_sweep = listen_sweep
@@ -591,11 +602,15 @@ class Programs:
 
     def drops(self):
         """Cumulative increments lost to a full counts map, per metric, summed over CPUs."""
-        out = {}
-        for i, name in enumerate(abi.METRICS):
-            raw = bpfmap.lookup(self._drops_fd, struct.pack("i", i), 8 * self._cpus) or b""
-            out[name] = sum(struct.unpack("%dQ" % (len(raw) // 8), raw))
-        return out
+        return {name: self._percpu_sum(self._drops_fd, i) for i, name in enumerate(abi.METRICS)}
+
+    def event_drops(self):
+        """Cumulative error events not delivered, by reason (rate_limit, ring_full), summed over CPUs."""
+        return {reason: self._percpu_sum(self._event_drops_fd, i) for reason, i in abi.EVENT_DROP_REASONS.items()}
+
+    def _percpu_sum(self, fd, index):
+        raw = bpfmap.lookup(fd, struct.pack("i", index), 8 * self._cpus) or b""
+        return sum(struct.unpack("%dQ" % (len(raw) // 8), raw))
 
     def unix_path(self, path_hash):
         """The sun_path bytes kept under a unix remote's hash (abi.UnixPath.len of them), or None."""
@@ -609,7 +624,8 @@ class Programs:
 
     def write_settings(self, gen, count_flags):
         low, high = self.ephemeral
-        settings = abi.Settings(gen=gen, count_flags=count_flags, ephemeral_low=low, ephemeral_high=high)
+        settings = abi.Settings(gen=gen, count_flags=count_flags, ephemeral_low=low, ephemeral_high=high,
+                                event_interval_ns=self.event_interval_ns)
         bpfmap.update(self._settings_fd, struct.pack("i", 0), bytes(settings))
 
     def close(self):

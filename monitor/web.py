@@ -151,8 +151,8 @@ def _head_as_get(app):
     return wrapped
 
 
-def _app(registry, path):
-    """The telemetry path, '/' and 404 for the rest.
+def _app(registry, path, routes=None):
+    """The telemetry path, '/', the paths of `routes` ({path: WSGI app}, e.g. /errors) and 404 for the rest.
 
     ?name[]=x asks prometheus-client for only the metrics named x (Prometheus' `params:`). A name errnomon
     does not export is answered 400, not with an empty body: an empty 200 would look to Prometheus like
@@ -177,6 +177,8 @@ def _app(registry, path):
         if route == "/":
             start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
             return [landing]
+        if routes and route in routes:
+            return routes[route](environ, start_response)
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found: metrics are at " + path.encode() + b"\n"]
     return app
@@ -509,7 +511,7 @@ class _Link:
         self.release()
 
 
-def bind(listen_address, path, registry, file_limit=None, watcher=None):
+def bind(listen_address, path, registry, file_limit=None, watcher=None, routes=None):
     """Bind and listen (so a bad or busy address fails before anything else); start() serves. `watcher`
     (webconfig.Watcher): the web config's TLS, basic auth, headers and rate limit. A TLS port listens from
     start() on: before that, connects are refused."""
@@ -524,12 +526,12 @@ def bind(listen_address, path, registry, file_limit=None, watcher=None):
     except OSError as e:
         sock.close()
         if family == socket.AF_INET6 and not host and e.errno in (97, 99):  # no IPv6: all IPv4 addresses
-            return bind("0.0.0.0:%d" % port, path, registry, file_limit, watcher)
+            return bind("0.0.0.0:%d" % port, path, registry, file_limit, watcher, routes)
         raise ListenError("cannot listen on %s: %s: pick a free address with --web.listen-address"
                           % (listen_address, e.strerror or e))
     if file_limit is None:
         file_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    app = _app(registry, path)
+    app = _app(registry, path, routes)
     if watcher is None:
         return Server(sock, app, max_connections(file_limit))
     app = webconfig.Guard(app, watcher)

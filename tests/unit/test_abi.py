@@ -22,6 +22,7 @@ STRUCTS = {
     "errnomon_listen_sock": abi.ListenSock,
     "errnomon_settings": abi.Settings,
     "errnomon_unix_path": abi.UnixPath,
+    "errnomon_event": abi.Event,
 }
 
 
@@ -88,9 +89,10 @@ def test_field_size_and_offset(layout, struct, field):
 
 def test_known_sizes():
     # Pinned so a change to the map key (which resets every counter's identity) is deliberate.
-    assert (ctypes.sizeof(abi.Key), ctypes.sizeof(abi.Owner), ctypes.sizeof(abi.Settings)) == (56, 48, 16)
+    assert (ctypes.sizeof(abi.Key), ctypes.sizeof(abi.Owner), ctypes.sizeof(abi.Settings)) == (56, 64, 16)
     assert abi.GEN_OFFSET == 11
-    assert ctypes.sizeof(abi.ListenSock) == 64
+    assert ctypes.sizeof(abi.ListenSock) == 80
+    assert ctypes.sizeof(abi.Event) == 144
 
 
 @pytest.mark.parametrize(
@@ -105,6 +107,9 @@ def test_known_sizes():
         ("METRIC_CONNECT_FAILURES", 6), ("METRIC_TCP_FINS_RECEIVED", 7), ("METRIC_LISTEN_DROPS", 8), ("METRICS", 9),
         ("LISTEN_SWEEP_BATCH", 12), ("OWNER_CONNECTED", 1), ("OWNER_ACCEPTED", 2),
         ("OWNER_AMBIGUOUS", 4), ("OWNER_ESTABLISHED", 8),
+        ("EVENT_SOCKET_ERROR", 1), ("EVENT_RESET_RECEIVED", 2), ("EVENT_RESET_SENT", 3), ("EVENT_CONNECT_FAILED", 4),
+        ("EVENT_TCP_FACTS", 1), ("EVENT_BYTES_ACKED", 2), ("EVENT_DROP_RATE_LIMIT", 0), ("EVENT_DROP_RING_FULL", 1),
+        ("EVENT_DROP_REASONS", 2), ("EVENTS_RING_PAGES", 128),
     ],
 )
 def test_defines(name, value):
@@ -129,6 +134,8 @@ def test_derived_tables():
     assert abi.METRICS == ("socket_errors", "socket_error_reports", "tcp_resets_received", "tcp_resets_sent",
                            "tcp_fins_sent", "sigpipe", "connect_failures", "tcp_fins_received", "listen_drops")
     assert abi.COMM_LEN == 16
+    assert abi.EVENT_KINDS == {1: "socket_error", 2: "reset_received", 3: "reset_sent", 4: "connect_failed"}
+    assert abi.EVENT_DROP_REASONS == {"rate_limit": 0, "ring_full": 1}
 
 
 def test_prog_info_mirrors_the_uapi_header(tmp_path):

@@ -51,9 +51,11 @@ class Status:
         self.attached = dict(ATTACHED)
         self.drops = dict(DROPS)
         self.missed = dict(MISSED)
+        self.event_drops = {"rate_limit": 5, "ring_full": 2}
 
     def __call__(self):
-        return {"attached": self.attached, "drops": self.drops, "missed": self.missed}
+        return {"attached": self.attached, "drops": self.drops, "missed": self.missed,
+                "event_drops": self.event_drops}
 
 
 @pytest.fixture
@@ -87,6 +89,8 @@ def setup():
         ("errnomon_dropped_total", dict(reason="sigpipe_map_full"), 1),
         ("errnomon_dropped_total", dict(reason="tcp_fins_sent_map_full"), 0),
         ("errnomon_series_overflow_total", dict(metric="errnomon_socket_errors_total"), 0),
+        ("errnomon_events_dropped_total", dict(reason="rate_limit"), 5),
+        ("errnomon_events_dropped_total", dict(reason="ring_full"), 2),
         ("errnomon_series", dict(metric="errnomon_socket_errors_total"), 2),
         ("errnomon_series", dict(metric="errnomon_sigpipe_total"), 1),
         ("errnomon_build_info", dict(version=monitor.__version__, kernel=platform.release()), 1),
@@ -139,8 +143,8 @@ def test_empty_aggregator_and_status():
     registry.register(ErrnoCollector(Aggregator(config.parse("")), lambda: {"attached": {}, "drops": {}}))
     families = {f.name: f for f in registry.collect()}
     assert sorted(families) == sorted(["errnomon_" + m for m in ERRNOMON_METRICS] + [
-        "errnomon_probe_attached", "errnomon_probe_missed", "errnomon_dropped", "errnomon_series_overflow",
-        "errnomon_series", "errnomon_build_info"])
+        "errnomon_probe_attached", "errnomon_probe_missed", "errnomon_dropped", "errnomon_events_dropped",
+        "errnomon_series_overflow", "errnomon_series", "errnomon_build_info"])
     assert families["errnomon_socket_errors"].samples == []
     assert [s.value for s in families["errnomon_series"].samples] == [0] * len(ERRNOMON_METRICS)
 
@@ -156,7 +160,7 @@ def test_exposition_parses_back(setup):
     assert {name: f.type for name, f in families.items()} == dict(
         {"errnomon_" + m: "counter" for m in ERRNOMON_METRICS},
         errnomon_probe_attached="gauge", errnomon_probe_missed="counter", errnomon_dropped="counter",
-        errnomon_series_overflow="counter", errnomon_series="gauge", errnomon_build_info="gauge")
+        errnomon_events_dropped="counter", errnomon_series_overflow="counter", errnomon_series="gauge", errnomon_build_info="gauge")
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
     assert samples[("errnomon_socket_error_reports_total", (
         ("comm", 'we"ird\\name'), ("errno", "ETIMEDOUT"), ("port", "443"), ("remote", "10.1.2.3")))] == 1
@@ -167,7 +171,7 @@ def test_exposition_parses_back(setup):
     assert samples[("errnomon_connect_failures_total", (
         ("comm", "curl"), ("errno", "ECONNREFUSED"), ("port", "5432"), ("remote", "10.0.0.5")))] == 3
     assert sum(v for (name, _), v in samples.items() if name == "errnomon_socket_errors_total") == 7
-    assert len(samples) == len(EVENTS) + sum(map(len, ATTACHED.values())) + len(MISSED) + len(DROPS) + 2 * len(ERRNOMON_METRICS) + 1
+    assert len(samples) == len(EVENTS) + sum(map(len, ATTACHED.values())) + len(MISSED) + len(DROPS) + 2 + 2 * len(ERRNOMON_METRICS) + 1
 
 
 def promtool():

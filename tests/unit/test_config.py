@@ -261,7 +261,7 @@ def test_invalid_yaml_control_character():
 @pytest.mark.parametrize("text", ["- labels\n", "42", "hello", "[1, 2]"])
 def test_top_level_not_a_mapping(text):
     assert error_of(text) == (
-        "config.yaml: the config must be a mapping of sections (labels, remote, series, kernel)"
+        "config.yaml: the config must be a mapping of sections (labels, remote, series, kernel, events)"
     )
 
 
@@ -294,8 +294,8 @@ def test_unknown_key_with_suggestion():
 @pytest.mark.parametrize(
     "text, path, valid, suggestion",
     [
-        ("lables: {}", "lables", "labels, remote, series, kernel", "labels"),
-        ("bogus: 1", "bogus", "labels, remote, series, kernel", None),
+        ("lables: {}", "lables", "labels, remote, series, kernel, events", "labels"),
+        ("bogus: 1", "bogus", "labels, remote, series, kernel, events", None),
         ("labels: {pids: true}", "labels.pids", "pid, unit, pod, pod_host_root", "pid"),
         ("series: {TTL: 1h}", "series.TTL", "budget, ttl", "ttl"),
         ("series: {budgets: 1}", "series.budgets", "budget, ttl", "budget"),
@@ -312,7 +312,7 @@ def test_unknown_key_with_suggestion():
             "cidrs",
         ),
         ("remote: {zzz: 1}", "remote.zzz", "groups, ipv4_prefix, ipv6_prefix", None),
-        ("1: x", "1", "labels, remote, series, kernel", None),
+        ("1: x", "1", "labels, remote, series, kernel, events", None),
     ],
 )
 def test_unknown_keys(text, path, valid, suggestion):

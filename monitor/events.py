@@ -1,0 +1,472 @@
+"""Error events: which connection failed and why, beside the counts (GET /errors).
+
+The programs put one record on the `events` ring for every socket error, reset and failed connect they count
+(rate-limited in the kernel: events.rate). Here a record becomes a dict of the /errors schema, with the same
+extra labels the metrics carry (pid, unit, pod: from the cgroup, by the aggregator's resolvers) and an
+explanation from RULES, and the last events.keep of them are kept for GET /errors and its filters.
+"""
+
+import collections
+import errno as errno_mod
+import gzip
+import ipaddress
+import json
+import logging
+import platform
+import re
+import sys
+import threading
+import time
+from urllib.parse import parse_qs
+
+from . import abi
+from .decode import KNOWN_RESETS, TCP_STATES, errno_name, remote_address
+
+log = logging.getLogger("errnomon.events")
+
+AF_INET, AF_INET6 = 2, 10
+FAMILIES = {AF_INET: "ipv4", AF_INET6: "ipv6"}
+OPS = dict(abi.OPS)
+TCP_FACTS = abi.DEFINES["EVENT_TCP_FACTS"]
+JIFFIES_WRAP = 1 << 32
+
+# States a socket reaches only after the peer's FIN arrived.
+FIN_STATES = ("CLOSE_WAIT", "LAST_ACK", "CLOSING", "TIME_WAIT")
+# The errno an application gets from a reset received in each state (tcp_reset() in net/ipv4/tcp_input.c).
+RESET_ERRNO = {"SYN_SENT": "ECONNREFUSED", "CLOSE_WAIT": "EPIPE", "CLOSE": ""}
+
+
+# ---- the kernel's clock tick: lsndtime and lrcvtime are in jiffies ----
+
+def config_hz(release=None, boot="/boot/config-", proc="/proc/config.gz"):
+    """CONFIG_HZ of the running kernel from /boot/config-<release> or /proc/config.gz, or None."""
+    release = release or platform.release()
+    for path, opener in ((boot + release, open), (proc, gzip.open)):
+        try:
+            with opener(path, "rt") as f:
+                for line in f:
+                    if line.startswith("CONFIG_HZ="):
+                        return int(line.split("=", 1)[1])
+        except (OSError, ValueError, EOFError):
+            continue
+    return None
+
+
+def _timer_list_jiffies(path="/proc/timer_list"):
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("jiffies:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def measured_hz(wait=0.2):
+    """The tick rate measured from /proc/timer_list's jiffies over `wait` seconds, rounded to the nearest rate
+    Linux offers (100, 250, 300, 1000); None where it cannot be read."""
+    t0, j0 = time.monotonic(), _timer_list_jiffies()
+    if j0 is None:
+        return None
+    time.sleep(wait)
+    t1, j1 = time.monotonic(), _timer_list_jiffies()
+    if j1 is None or t1 <= t0:
+        return None
+    rate = ((j1 - j0) % JIFFIES_WRAP) / (t1 - t0)
+    return min((100, 250, 300, 1000), key=lambda hz: abs(hz - rate))
+
+
+def kernel_hz():
+    hz = config_hz()
+    if hz is None:
+        hz = measured_hz()
+        if hz is None:
+            log.warning("CONFIG_HZ is unknown (no /boot/config-%s, /proc/config.gz or /proc/timer_list): error "
+                        "events carry no idle times", platform.release())
+        else:
+            log.info("CONFIG_HZ not in the kernel config: measured %d", hz)
+    return hz
+
+
+# ---- explanations ----
+
+Rule = collections.namedtuple("Rule", "name facts when says")
+
+
+def _seconds(value):
+    return "%.1f" % value if value < 10 else "%.0f" % value
+
+
+# One entry per rule, tried in order: the first whose `when` holds explains the event. `facts`: the event fields
+# the rule reads (docs/errors.md lists them). `says` is formatted with the event's fields and these helpers:
+# {idle} the silence before it (idle_recv_s), {fin_before} fin_before_s, {peer} remote:remote_port.
+IDLE_TIMEOUT_MIN_S = 1.0   # a reset that answers the first send after at least this long a silence
+ANSWERED_SEND_S = 1.0      # ... sent at most this long before the reset
+RESET_STATES = ("ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2")
+RULES = (
+    Rule("connect_refused", ("kind", "errno", "remote", "remote_port"),
+         lambda e: e["kind"] in ("connect_failed", "reset_received") and e["errno"] == "ECONNREFUSED",
+         "connection refused: nothing listens on {peer}"),
+    Rule("connect_timeout", ("kind", "errno", "retrans"),
+         lambda e: e["kind"] == "connect_failed" and e["errno"] == "ETIMEDOUT" and e["retrans"] is not None,
+         "connect timed out after {retrans} retransmissions: no answer from {peer} (a firewall dropping SYNs, or "
+         "the host is down)"),
+    Rule("connect_unreachable", ("kind", "errno"),
+         lambda e: e["kind"] == "connect_failed" and e["errno"] in ("EHOSTUNREACH", "ENETUNREACH"),
+         "connect failed, {errno}: no route to {peer} (an ICMP error from a router or the host)"),
+    Rule("stale_keepalive", ("kind", "fin_received", "fin_before_s"),
+         lambda e: e["kind"] in ("reset_received", "socket_error") and e["fin_received"],
+         "peer had closed {fin_before} s earlier: a stale keep-alive connection (the peer's idle timeout is "
+         "shorter than ours; reused after its FIN)"),
+    Rule("idle_timeout", ("kind", "errno", "state", "idle_recv_s", "idle_send_s"),
+         lambda e: (e["kind"] == "reset_received" and e["state"] in RESET_STATES
+                    or e["kind"] == "socket_error" and e["errno"] in ("ECONNRESET", "EPIPE"))
+         and e["idle_recv_s"] is not None and e["idle_recv_s"] >= IDLE_TIMEOUT_MIN_S
+         and e["idle_send_s"] is not None and e["idle_send_s"] <= ANSWERED_SEND_S,
+         "reset after {idle} s idle: an idle timeout near {idle} s between the hosts (a NAT, firewall or load "
+         "balancer forgot the connection)"),
+    Rule("unread_data", ("kind", "state", "fin_received"),
+         lambda e: e["kind"] == "reset_received" and e["state"] in RESET_STATES and not e["fin_received"],
+         "peer closed with unread data: it reset the connection instead of closing it (it exited, crashed or "
+         "closed before reading what it was sent, or closed with SO_LINGER 0)"),
+    Rule("reset_by_peer", ("kind", "errno"),
+         lambda e: e["kind"] == "socket_error" and e["errno"] == "ECONNRESET",
+         "connection reset by {peer}"),
+    Rule("write_after_close", ("kind", "errno"),
+         lambda e: e["kind"] == "socket_error" and e["errno"] == "EPIPE",
+         "write after the connection was closed or reset (EPIPE)"),
+    Rule("timed_out", ("kind", "errno", "retrans"),
+         lambda e: e["kind"] == "socket_error" and e["errno"] == "ETIMEDOUT",
+         "connection timed out after {retrans} retransmissions: {peer} stopped answering"),
+    Rule("reset_no_socket", ("kind", "reason"),
+         lambda e: e["kind"] == "reset_sent" and e["reason"] == "NO_SOCKET",
+         "reset sent: a segment from {peer} for no socket (nothing listens on the port, or the connection is "
+         "already gone here)"),
+    Rule("reset_close_unread", ("kind", "reason"),
+         lambda e: e["kind"] == "reset_sent" and e["reason"] in ("TCP_CLOSE", "TCP_ABORT_ON_CLOSE"),
+         "reset sent: this host closed the connection with data unread"),
+    Rule("reset_sent", ("kind", "reason"),
+         lambda e: e["kind"] == "reset_sent",
+         "reset sent to {peer}{reason_text}"),
+    Rule("other", ("kind", "errno", "state"),
+         lambda e: True,
+         "{kind} {errno} in {state}"),
+)
+
+
+def explain(event):
+    """The sentence of the first rule that holds for the event (a dict of the /errors schema)."""
+    for rule in RULES:
+        if rule.when(event):
+            return format_rule(rule, event)
+    return ""
+
+
+def format_rule(rule, event):
+    remote = event["remote"]
+    host = "[%s]" % remote if ":" in remote else remote or "?"
+    return rule.says.format(
+        peer="%s:%d" % (host, event["remote_port"]) if event["remote_port"] else host,
+        idle=_seconds(event["idle_recv_s"] or 0.0), fin_before=_seconds(event["fin_before_s"] or 0.0),
+        reason_text=(" (%s)" % event["reason"]) if event["reason"] else "", **event)
+
+
+# ---- decoding ----
+
+def address(family, raw):
+    """An address as text; "" when unknown (all zero: not read, or a socket that never had one)."""
+    addr = remote_address(family, raw) if any(raw) else None
+    return "" if addr is None else str(addr)
+
+
+class Decoder:
+    """A ring record (bytes) -> a dict of the /errors schema, without seq, labels and explanation."""
+
+    def __init__(self, hz, reasons=None):
+        self.hz = hz
+        self.reasons = reasons or {}
+
+    def __call__(self, raw, wall_minus_mono):
+        ev = abi.Event.from_buffer_copy(raw)
+        kind = abi.EVENT_KINDS.get(ev.kind, "unknown")
+        state = TCP_STATES.get(ev.state, "") if ev.state else ""
+        tcp = bool(ev.flags & TCP_FACTS)
+        # before the handshake completes, lsndtime and lrcvtime hold nothing of this connection
+        timed = tcp and state not in ("SYN_SENT", "SYN_RECV") and kind != "connect_failed"
+        at = ev.ktime_ns / 1e9
+        errno, reason = "", ""
+        if kind in ("socket_error", "connect_failed"):
+            errno = errno_name(ev.code)
+        elif kind == "reset_received":
+            errno = RESET_ERRNO.get(state, "ECONNRESET")
+        elif kind == "reset_sent":
+            reason = self.reasons.get(ev.code) or KNOWN_RESETS.get(ev.code, "")
+        fin_seen = ev.fin_ns != 0 and ev.fin_ns <= ev.ktime_ns
+        fin = fin_seen or state in FIN_STATES
+        return {
+            "time": round(at + wall_minus_mono, 6), "kind": kind, "pid": ev.tgid, "tid": ev.tid,
+            "comm": ev.comm.decode("utf-8", "replace"), "cgroup": ev.cgroup,
+            "op": OPS.get(ev.op, "") if kind in ("socket_error", "connect_failed") else "",
+            "errno": errno, "reason": reason, "family": FAMILIES.get(ev.family, ""),
+            "local": address(ev.family, ev.local), "local_port": ev.local_port,
+            "remote": address(ev.family, ev.remote), "remote_port": ev.remote_port, "port": ev.port,
+            "state": state,
+            "age_s": round((ev.ktime_ns - ev.established_ns) / 1e9, 3)
+            if ev.established_ns and ev.established_ns <= ev.ktime_ns else None,
+            "idle_send_s": self._idle(ev.jiffies, ev.lsndtime) if timed else None,
+            "idle_recv_s": self._idle(ev.jiffies, ev.lrcvtime) if timed else None,
+            "bytes_sent": ev.bytes_sent if tcp else None,
+            # the peer's FIN takes a sequence number, which tcp_sock.bytes_received counts as a byte
+            "bytes_received": max(0, ev.bytes_received - fin) if tcp else None,
+            "retrans": ev.total_retrans if tcp else None,
+            "srtt_ms": round(ev.srtt_us / 1000.0, 3) if tcp else None,
+            "fin_received": fin,
+            "fin_before_s": round((ev.ktime_ns - ev.fin_ns) / 1e9, 3) if fin_seen else None,
+        }
+
+    def _idle(self, now, then):
+        if not self.hz:
+            return None
+        return round(((now - then) % JIFFIES_WRAP) / self.hz, 3)
+
+
+# ---- the kept events ----
+
+FIELDS = ("seq", "time", "kind", "pid", "tid", "comm", "labels", "op", "errno", "reason", "family", "local",
+          "local_port", "remote", "remote_port", "port", "state", "age_s", "idle_send_s", "idle_recv_s",
+          "bytes_sent", "bytes_received", "retrans", "srtt_ms", "fin_received", "fin_before_s", "explanation")
+# An event is kept as a tuple of these (the explanation is made when it is served): a dict of them took 1.6 KiB,
+# 15 MiB for the default events.keep; the tuple, its strings interned and its labels shared, about a third.
+STORED = FIELDS[:-1]
+AT = {name: i for i, name in enumerate(STORED)}
+_INTERNED = tuple(AT[name] for name in ("kind", "comm", "op", "errno", "reason", "family", "local", "remote",
+                                          "state"))
+LABEL_CACHE = 1024  # owners whose labels are shared between their events
+
+
+class EventLog:
+    """The last `keep` events, numbered from 1, newest last. Thread-safe: the main loop adds, HTTP reads.
+
+    labels(cgroup, pid) -> {name: value}: the extra labels of the metrics (Aggregator.extra_labels).
+    dropped() -> {reason: n}: the kernel's counts of events not delivered."""
+
+    def __init__(self, keep, labels=None, dropped=None):
+        self.lock = threading.Lock()
+        self.events = collections.deque(maxlen=keep)
+        self.seq = 0
+        self.labels = labels or (lambda cgroup, pid: {})
+        self.dropped = dropped or (lambda: {reason: 0 for reason in abi.EVENT_DROP_REASONS})
+        self._labels = {}  # (cgroup, pid) -> the labels dict its events share (never changed once made)
+
+    @property
+    def keep(self):
+        return self.events.maxlen
+
+    def configure(self, keep):
+        """A reload: events.keep, and labels made anew (the label config may have changed)."""
+        with self.lock:
+            if keep != self.events.maxlen:
+                self.events = collections.deque(self.events, maxlen=keep)
+        self._labels = {}
+
+    def _labels_of(self, cgroup, pid):
+        key = (cgroup, pid)
+        labels = self._labels.get(key)
+        if labels is None:
+            if len(self._labels) >= LABEL_CACHE:
+                self._labels = {}
+            labels = self._labels[key] = self.labels(cgroup, pid)
+        return labels
+
+    def add(self, decoded):
+        """decoded: dicts from Decoder; numbered and labelled here."""
+        rows = []
+        for e in decoded:
+            e["labels"] = self._labels_of(e.pop("cgroup"), e["pid"])
+            e["seq"] = 0
+            row = [e[name] for name in STORED]
+            for i in _INTERNED:
+                row[i] = sys.intern(row[i])
+            rows.append(row)
+        with self.lock:
+            for row in rows:
+                self.seq += 1
+                row[0] = self.seq
+                self.events.append(tuple(row))
+
+    def query(self, f):
+        """The /errors answer for a Filter."""
+        with self.lock:
+            rows, last_seq = list(self.events), self.seq
+        kept = len(rows)
+        if f.after is not None:
+            rows = [r for r in rows if r[0] > f.after]
+        rows = [r for r in rows if f.match(r)]
+        # following (after=): the oldest new ones first, so a follower misses none; else the newest
+        rows = rows[:f.limit] if f.after is not None else rows[-f.limit:]
+        return {"events": [served(r) for r in rows], "kept": kept, "dropped": dict(self.dropped()),
+                "last_seq": last_seq}
+
+
+def served(row):
+    e = dict(zip(STORED, row))
+    e["explanation"] = explain(e)
+    return e
+
+
+# ---- GET /errors filters ----
+
+class FilterError(Exception):
+    """One line: the parameter, and the form it takes."""
+
+
+PARAMS = ("comm", "remote", "port", "errno", "since", "after", "limit")
+_DURATION = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+DEFAULT_LIMIT = 1000
+
+
+class Filter:
+    def __init__(self, comm=None, remote=None, port=None, errno=None, since=None, after=None,
+                 limit=DEFAULT_LIMIT):
+        self.comm, self.remote, self.port, self.errno = comm, remote, port, errno
+        self.since, self.after, self.limit = since, after, limit
+        self._inside = {}  # remote -> inside self.remote
+
+    def match(self, row):
+        """row: an event as EventLog keeps it (a tuple in STORED order)."""
+        if self.comm is not None and row[AT["comm"]] != self.comm:
+            return False
+        if self.port is not None and row[AT["port"]] != self.port:
+            return False
+        if self.errno is not None and row[AT["errno"]] != self.errno:
+            return False
+        if self.since is not None and row[AT["time"]] < self.since:
+            return False
+        if self.remote is not None:
+            remote = row[AT["remote"]]
+            inside = self._inside.get(remote)
+            if inside is None:
+                inside = self._inside[remote] = self._in_remote(remote)  # few peers, many events: once each
+            if not inside:
+                return False
+        return True
+
+    def _in_remote(self, text):
+        try:
+            addr = ipaddress.ip_address(text)
+        except ValueError:
+            return False
+        return addr.version == self.remote.version and addr in self.remote
+
+
+def parse_filters(query, keep, now=None):
+    """A Filter from a query string; FilterError for a bad or unknown parameter."""
+    now = time.time() if now is None else now
+    try:
+        params = parse_qs(query or "", keep_blank_values=True, strict_parsing=False)
+    except ValueError as e:
+        raise FilterError("bad query string (%s): use name=value pairs joined by &" % e)
+    unknown = sorted(set(params) - set(PARAMS))
+    if unknown:
+        raise FilterError("unknown parameter %s: the filters are %s" % (ascii(unknown[0]), ", ".join(PARAMS)))
+    values = {}
+    for name, given in params.items():
+        if len(given) > 1:
+            raise FilterError("%s given %d times: give each filter once" % (name, len(given)))
+        values[name] = given[0]
+    f = Filter()
+    if "comm" in values:
+        if not values["comm"] or len(values["comm"].encode()) >= abi.COMM_LEN:
+            raise FilterError("comm: expected a process name of 1 to %d bytes, as ps -o comm shows it"
+                              % (abi.COMM_LEN - 1))
+        f.comm = values["comm"]
+    if "remote" in values:
+        try:
+            f.remote = ipaddress.ip_network(values["remote"], strict=False)
+        except ValueError:
+            raise FilterError("remote: %s is not an IP address or CIDR: use e.g. remote=10.0.0.5, "
+                              "remote=10.0.0.0/8 or remote=2001:db8::/32" % ascii(values["remote"]))
+    if "port" in values:
+        f.port = _integer(values["port"], "port", 1, 65535, "a service port from 1 to 65535, e.g. port=443")
+    if "errno" in values:
+        f.errno = _errno(values["errno"])
+    if "since" in values:
+        f.since = _since(values["since"], now)
+    if "after" in values:
+        f.after = _integer(values["after"], "after", 0, 2 ** 63, "a seq number (0 or more) from an earlier "
+                           "answer: events with a higher seq")
+    if "limit" in values:
+        f.limit = _integer(values["limit"], "limit", 1, keep, "a number of events from 1 to %d (events.keep)"
+                           % keep)
+    else:
+        f.limit = min(DEFAULT_LIMIT, keep)
+    return f
+
+
+def _integer(text, name, low, high, form):
+    if not re.fullmatch(r"\d{1,19}", text) or not low <= int(text) <= high:
+        raise FilterError("%s: %s is not %s" % (name, ascii(text), form))
+    return int(text)
+
+
+def _errno(text):
+    if re.fullmatch(r"\d{1,5}", text):
+        return errno_name(int(text))
+    name = text.upper()
+    if name in errno_mod.errorcode.values():
+        return name
+    raise FilterError("errno: %s is not an errno: use a name like ECONNRESET or its number like 104" % ascii(text))
+
+
+def _since(text, now):
+    m = _DURATION.fullmatch(text)
+    if m:
+        return now - float(m.group(1)) * _UNITS[m.group(2)]
+    if re.fullmatch(r"\d{1,12}(?:\.\d*)?", text):
+        return float(text)
+    raise FilterError("since: %s is not a time: use unix seconds (since=1765000000) or how long ago "
+                      "(since=30s, 5m, 1h)" % ascii(text))
+
+
+def app(log_):
+    """The WSGI app of GET /errors."""
+    def errors(environ, start_response):
+        method = environ.get("REQUEST_METHOD")
+        if method not in ("GET", "HEAD"):
+            start_response("405 Method Not Allowed", [("Allow", "GET,HEAD"),
+                                                      ("Content-Type", "text/plain; charset=utf-8")])
+            return [("%s is not answered here: use GET\n" % ascii(method)).encode()]
+        try:
+            f = parse_filters(environ.get("QUERY_STRING", ""), log_.keep)
+        except FilterError as e:
+            start_response("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8")])
+            return [("%s\n" % e).encode()]
+        body = json.dumps(log_.query(f), separators=(",", ":")).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+    return errors
+
+
+class Reader:
+    """Moves records from the kernel's ring into the EventLog; the main loop calls it at every wake-up."""
+
+    def __init__(self, ring, decoder, log_, prepare=None):
+        self.ring = ring
+        self.decoder = decoder
+        self.log = log_
+        self.prepare = prepare  # called with the events' cgroups before labelling (pod files read outside locks)
+        self.last = time.monotonic()  # the last read
+
+    def __call__(self):
+        self.last = time.monotonic()
+        records = self.ring.read()
+        if not records:
+            return 0
+        offset = time.time() - time.monotonic()
+        decoded = [self.decoder(r, offset) for r in records]
+        if self.prepare is not None:
+            self.prepare({e["cgroup"] for e in decoded})
+        self.log.add(decoded)
+        return len(decoded)

@@ -1,0 +1,333 @@
+"""monitor/events.py: decoding ring records, the explanation rules, the kept events, GET /errors filters, and
+bpfmap.EventRing's record walk (on a file laid out as the kernel lays out a ring). No root, no bcc."""
+
+import ctypes
+import gzip
+import json
+import mmap
+import struct
+
+import pytest
+
+from monitor import abi, bpfmap, config, events
+
+HZ = 250
+T0 = 5_000_000_000_000  # ktime of the events below, ns
+
+
+def record(**fields):
+    """The bytes of one struct errnomon_event."""
+    e = abi.Event()
+    for name, value in fields.items():
+        if name in ("local", "remote"):
+            getattr(e, name)[:len(value)] = list(value)
+        elif name == "comm":
+            e.comm = value.encode()
+        else:
+            setattr(e, name, value)
+    return bytes(e)
+
+
+def tcp_record(**fields):
+    base = dict(ktime_ns=T0, kind=abi.DEFINES["EVENT_RESET_RECEIVED"], tgid=42, comm="curl", family=2,
+                local=[127, 0, 0, 1], remote=[10, 0, 0, 5], local_port=50000, remote_port=8080, port=8080,
+                state=1, flags=abi.DEFINES["EVENT_TCP_FACTS"], jiffies=10_000, lsndtime=10_000 - 25,
+                lrcvtime=10_000 - 61 * HZ, bytes_sent=300, bytes_received=4000, total_retrans=2, srtt_us=1500,
+                established_ns=T0 - 70 * 10**9)
+    base.update(fields)
+    return record(**base)
+
+
+decode = events.Decoder(HZ, {3: "NO_SOCKET"})
+
+
+def test_decode_tcp_facts():
+    e = decode(tcp_record(), 1000.0)
+    assert e == dict(
+        time=1000.0 + T0 / 1e9, kind="reset_received", pid=42, tid=0, comm="curl", cgroup=0, op="", errno="ECONNRESET",
+        reason="", family="ipv4", local="127.0.0.1", local_port=50000, remote="10.0.0.5", remote_port=8080,
+        port=8080, state="ESTABLISHED", age_s=70.0, idle_send_s=0.1, idle_recv_s=61.0, bytes_sent=300,
+        bytes_received=4000, retrans=2, srtt_ms=1.5, fin_received=False, fin_before_s=None)
+
+
+def test_jiffies_wrap_and_unknown_hz():
+    raw = tcp_record(jiffies=10, lsndtime=(1 << 32) - 240)
+    assert decode(raw, 0)["idle_send_s"] == 1.0
+    assert events.Decoder(None)(raw, 0)["idle_send_s"] is None
+
+
+def test_fin_is_not_a_byte_and_gives_its_time():
+    e = decode(tcp_record(state=8, fin_ns=T0 - 1_500_000_000, bytes_received=44), 0)
+    assert (e["errno"], e["fin_received"], e["fin_before_s"], e["bytes_received"]) == ("EPIPE", True, 1.5, 43)
+    # a state only a FIN leads to says so without the owner's timestamp
+    e = decode(tcp_record(state=9, bytes_received=44), 0)
+    assert (e["fin_received"], e["fin_before_s"], e["bytes_received"]) == (True, None, 43)
+
+
+def test_no_tcp_facts_are_null():
+    e = decode(record(ktime_ns=T0, kind=abi.DEFINES["EVENT_RESET_SENT"], code=3, family=10,
+                      remote=[0] * 15 + [1], port=80), 0)
+    assert (e["reason"], e["remote"], e["local"], e["family"], e["state"]) == ("NO_SOCKET", "::1", "", "ipv6", "")
+    assert [e[k] for k in ("age_s", "idle_send_s", "idle_recv_s", "bytes_sent", "bytes_received", "retrans",
+                           "srtt_ms", "fin_before_s")] == [None] * 8
+
+
+def test_connect_failures_have_no_idle_times():
+    e = decode(tcp_record(kind=abi.DEFINES["EVENT_CONNECT_FAILED"], state=2, code=111, op=3, established_ns=0), 0)
+    assert (e["errno"], e["op"], e["state"], e["age_s"], e["idle_send_s"], e["idle_recv_s"], e["retrans"]) == \
+        ("ECONNREFUSED", "connect", "SYN_SENT", None, None, None, 2)
+
+
+def event(**kw):
+    e = dict(kind="socket_error", errno="", reason="", state="ESTABLISHED", remote="10.0.0.5", remote_port=8080,
+             fin_received=False, fin_before_s=None, idle_recv_s=None, idle_send_s=None, retrans=None)
+    e.update(kw)
+    return e
+
+
+@pytest.mark.parametrize("facts, rule, says", [
+    (dict(kind="connect_failed", errno="ECONNREFUSED", remote="127.0.0.1", remote_port=9), "connect_refused",
+     "connection refused: nothing listens on 127.0.0.1:9"),
+    (dict(kind="reset_received", errno="ECONNREFUSED", state="SYN_SENT", remote="::1", remote_port=9),
+     "connect_refused", "connection refused: nothing listens on [::1]:9"),
+    (dict(kind="connect_failed", errno="ETIMEDOUT", retrans=6), "connect_timeout",
+     "connect timed out after 6 retransmissions"),
+    (dict(kind="connect_failed", errno="EHOSTUNREACH"), "connect_unreachable", "connect failed, EHOSTUNREACH"),
+    (dict(kind="reset_received", errno="EPIPE", state="CLOSE_WAIT", fin_received=True, fin_before_s=3.14),
+     "stale_keepalive", "peer had closed 3.1 s earlier: a stale keep-alive connection"),
+    (dict(kind="reset_received", errno="ECONNRESET", idle_recv_s=61.2, idle_send_s=0.0), "idle_timeout",
+     "reset after 61 s idle: an idle timeout near 61 s between the hosts"),
+    (dict(kind="socket_error", errno="ECONNRESET", idle_recv_s=61.2, idle_send_s=0.3), "idle_timeout",
+     "reset after 61 s idle"),
+    # a long silence in which this side kept sending is not an idle connection
+    (dict(kind="reset_received", errno="ECONNRESET", idle_recv_s=61.2, idle_send_s=30.0), "unread_data",
+     "peer closed with unread data"),
+    (dict(kind="reset_received", errno="ECONNRESET", state="FIN_WAIT2"), "unread_data",
+     "peer closed with unread data"),
+    (dict(errno="ECONNRESET"), "reset_by_peer", "connection reset by 10.0.0.5:8080"),
+    (dict(errno="EPIPE"), "write_after_close", "write after the connection was closed"),
+    (dict(errno="ETIMEDOUT", retrans=15), "timed_out", "connection timed out after 15 retransmissions"),
+    (dict(kind="reset_sent", reason="NO_SOCKET", remote_port=0), "reset_no_socket",
+     "reset sent: a segment from 10.0.0.5 for no socket"),
+    (dict(kind="reset_sent", reason="TCP_ABORT_ON_CLOSE"), "reset_close_unread", "reset sent: this host closed"),
+    (dict(kind="reset_sent", reason="TCP_STATE"), "reset_sent", "reset sent to 10.0.0.5:8080 (TCP_STATE)"),
+    (dict(kind="reset_sent"), "reset_sent", "reset sent to 10.0.0.5:8080"),
+    (dict(errno="EHOSTDOWN", state="CLOSE"), "other", "socket_error EHOSTDOWN in CLOSE"),
+])
+def test_rules(facts, rule, says):
+    e = event(**facts)
+    first = next(r for r in events.RULES if r.when(e))
+    assert first.name == rule
+    assert events.explain(e).startswith(says)
+    assert set(first.facts) <= set(e)
+
+
+def test_every_rule_is_documented():
+    with open("docs/errors.md") as f:
+        text = f.read()
+    for rule in events.RULES:
+        assert "| `%s` |" % rule.name in text, rule.name
+
+
+def kept_log(n, keep=100):
+    log = events.EventLog(keep, labels=lambda cgroup, pid: {"unit": "u%d" % cgroup} if cgroup else {},
+                          dropped=lambda: {"rate_limit": 7, "ring_full": 0})
+    log.add([dict(decode(tcp_record(tgid=i, cgroup=i % 2, remote_port=8000 + i, code=104,
+                                    kind=abi.DEFINES["EVENT_SOCKET_ERROR"], op=2), 100.0),
+                  comm="c%d" % (i % 3), time=100.0 + i) for i in range(n)])
+    return log
+
+
+def test_log_numbers_labels_and_bounds():
+    log = kept_log(5, keep=3)
+    answer = log.query(events.parse_filters("", log.keep))
+    assert [e["seq"] for e in answer["events"]] == [3, 4, 5]
+    assert (answer["kept"], answer["dropped"], answer["last_seq"]) == (3, {"rate_limit": 7, "ring_full": 0}, 5)
+    assert log.query(events.parse_filters("comm=none", log.keep))["last_seq"] == 5  # whatever the filters
+    assert [e["labels"] for e in answer["events"]] == [{}, {"unit": "u1"}, {}]
+    assert list(answer["events"][0]) == list(events.FIELDS)
+    assert answer["events"][0]["explanation"].startswith("reset after 61 s idle")  # silent 61 s, then sent
+    log.configure(2)
+    assert [e["seq"] for e in log.query(events.parse_filters("", 2))["events"]] == [4, 5]
+
+
+@pytest.mark.parametrize("query, seqs", [
+    ("comm=c1", [2, 5, 8]),
+    ("comm=c1&limit=2", [5, 8]),          # the newest
+    ("after=3&limit=2", [4, 5]),          # following: the oldest after it
+    ("after=3&comm=c0", [4, 7, 10]),
+    ("errno=ECONNRESET&limit=1", [10]),
+    ("errno=104&limit=1", [10]),
+    ("errno=econnreset&limit=1", [10]),
+    ("errno=EPIPE", []),
+    ("remote=10.0.0.0/8&limit=1", [10]),
+    ("remote=10.0.0.5&limit=1", [10]),
+    ("remote=10.0.1.0/24", []),
+    ("remote=::/0", []),
+    ("since=105", [6, 7, 8, 9, 10]),
+    ("port=8080&limit=1", [10]),
+    ("port=443", []),
+])
+def test_filters(query, seqs):
+    log = kept_log(10)
+    assert [e["seq"] for e in log.query(events.parse_filters(query, log.keep, now=110.0))["events"]] == seqs
+
+
+def test_since_as_a_duration():
+    assert events.parse_filters("since=30s", 100, now=1000.0).since == 970.0
+    assert events.parse_filters("since=5m", 100, now=1000.0).since == 700.0
+    assert events.parse_filters("since=1h", 100, now=5000.0).since == 1400.0
+    assert events.parse_filters("since=1765000000.5", 100).since == 1765000000.5
+
+
+def test_default_limit():
+    assert events.parse_filters("", 10000).limit == 1000
+    assert events.parse_filters("", 10).limit == 10
+
+
+@pytest.mark.parametrize("query, names", [
+    ("port=http", "port:"), ("port=0", "port:"), ("port=70000", "port:"),
+    ("remote=10.0.0.300", "remote:"), ("remote=", "remote:"),
+    ("errno=EBOGUS", "errno:"), ("errno=", "errno:"),
+    ("since=yesterday", "since:"), ("since=-5m", "since:"),
+    ("after=-1", "after:"), ("after=x", "after:"),
+    ("limit=0", "limit:"), ("limit=101", "limit:"), ("limit=ten", "limit:"),
+    ("comm=", "comm:"), ("comm=a-name-far-too-long", "comm:"),
+    ("colour=red", "unknown parameter 'colour'"), ("port=1&port=2", "port given 2 times"),
+])
+def test_bad_filters(query, names):
+    with pytest.raises(events.FilterError) as e:
+        events.parse_filters(query, 100)
+    assert str(e.value).startswith(names) and "\n" not in str(e.value)
+
+
+def call(app, query, method="GET"):
+    answer = {}
+    body = b"".join(app({"REQUEST_METHOD": method, "QUERY_STRING": query},
+                        lambda status, headers: answer.update(status=status, headers=dict(headers))))
+    return answer["status"], answer["headers"], body
+
+
+def test_app():
+    app = events.app(kept_log(4))
+    status, headers, body = call(app, "comm=c0")
+    assert (status, headers["Content-Type"]) == ("200 OK", "application/json")
+    assert [e["seq"] for e in json.loads(body)["events"]] == [1, 4]
+    status, _, body = call(app, "limit=nope")
+    assert status.startswith("400") and body.decode().startswith("limit: 'nope' is not a number of events")
+    assert call(app, "", "POST")[0].startswith("405")
+
+
+def test_config():
+    c = config.parse("events: {enabled: false, rate: 50, keep: 20}")
+    assert (c.events_enabled, c.events_rate, c.events_keep) == (False, 50, 20)
+    d = config.parse("")
+    assert (d.events_enabled, d.events_rate, d.events_keep) == (True, 1000, 10000)
+    for text, message in (("events: {rate: 0}", "events.rate: must be between 1 and 1000000, got 0"),
+                          ("events: {keep: many}", "events.keep: expected a whole number"),
+                          ("events: {enabled: 1}", "events.enabled: expected true or false"),
+                          ("events: {rates: 1}", "events.rates: unknown key")):
+        with pytest.raises(config.ConfigError) as e:
+            config.parse(text)
+        assert message in str(e.value)
+
+
+def test_interval_the_programs_take():
+    from monitor.daemon import event_interval_ns
+    assert event_interval_ns(config.parse("events: {rate: 50}")) == 20_000_000
+    assert event_interval_ns(config.parse("")) == 1_000_000
+    assert event_interval_ns(config.parse("events: {enabled: false}")) == 0
+
+
+def test_measured_hz(monkeypatch):
+    ticks = iter([1000, 1050])
+    monkeypatch.setattr(events, "_timer_list_jiffies", lambda path="": next(ticks))
+    monkeypatch.setattr(events.time, "sleep", lambda s: None)
+    clock = iter([10.0, 10.2])
+    monkeypatch.setattr(events.time, "monotonic", lambda: next(clock))
+    assert events.measured_hz() == 250
+
+
+def test_config_hz(tmp_path):
+    boot = tmp_path / "config-6.1.0"
+    boot.write_text("# CONFIG_HZ_100 is not set\nCONFIG_HZ_1000=y\nCONFIG_HZ=1000\n")
+    with gzip.open(tmp_path / "config.gz", "wt") as f:
+        f.write("CONFIG_HZ=300\n")
+    assert events.config_hz("6.1.0", boot=str(tmp_path / "config-"), proc=str(tmp_path / "config.gz")) == 1000
+    assert events.config_hz("6.2.0", boot=str(tmp_path / "config-"), proc=str(tmp_path / "config.gz")) == 300
+    assert events.config_hz("6.2.0", boot=str(tmp_path / "config-"), proc=str(tmp_path / "none.gz")) is None
+
+
+# ---- the ring's record walk, on a file laid out as the kernel lays out a ring ----
+
+def ring_file(tmp_path, size, consumer, records, producer=None):
+    """[consumer page][producer page][data x2]: records (bytes, flags) written from `consumer` on."""
+    page = mmap.PAGESIZE
+    data = bytearray(2 * size)
+    pos = consumer
+    for body, flags in records:
+        at = pos & (size - 1)
+        chunk = struct.pack("II", len(body) | flags, 0) + body
+        for i, b in enumerate(chunk):
+            data[(at + i) % size] = b
+        pos += (len(body) + 8 + 7) & ~7
+    data[size:] = data[:size]  # the kernel maps the data pages twice in a row
+    path = tmp_path / "ring"
+    path.write_bytes(struct.pack("Q", consumer).ljust(page, b"\0") +
+                     struct.pack("Q", pos if producer is None else producer).ljust(page, b"\0") + bytes(data))
+    return path, pos
+
+
+def open_ring(path, size):
+    f = open(path, "r+b")
+    ring = bpfmap.EventRing(f.fileno(), size)
+    return f, ring
+
+
+def test_ring_records_wrap_busy_and_discarded(tmp_path):
+    size = 4096
+    one, two, three = b"a" * 144, b"b" * 144, b"c" * 144
+    path, end = ring_file(tmp_path, size, size - 160, [(one, 0), (two, bpfmap.EventRing.DISCARD), (three, 0)])
+    f, ring = open_ring(path, size)
+    assert ring.read() == [one, three]  # the first wraps around the end; the discarded one is skipped
+    assert struct.unpack_from("Q", ring._consumer, 0)[0] == end
+    assert ring.read() == []
+    ring.close()
+    f.close()
+    path, _ = ring_file(tmp_path, size, 0, [(one, 0), (two, bpfmap.EventRing.BUSY)])
+    f, ring = open_ring(path, size)
+    assert ring.read() == [one]  # a record still being written stops the walk until it is submitted
+    assert struct.unpack_from("Q", ring._consumer, 0)[0] == 152
+    ring.close()
+    f.close()
+
+
+def test_reader_labels(tmp_path):
+    size = 4096
+    raw = tcp_record(cgroup=7)
+    path, _ = ring_file(tmp_path, size, 0, [(raw, 0), (raw, 0)])
+    f, ring = open_ring(path, size)
+    log = events.EventLog(10, labels=lambda cgroup, pid: {"unit": str(cgroup)})
+    seen = []
+    reader = events.Reader(ring, events.Decoder(HZ), log, prepare=seen.append)
+    assert reader() == 2
+    assert seen == [{7}]
+    assert reader() == 0
+    assert [e["labels"] for e in log.query(events.parse_filters("", 10))["events"]] == [{"unit": "7"}] * 2
+    ring.close()
+    f.close()
+
+
+def test_event_mirror_size():
+    assert ctypes.sizeof(abi.Event) % 8 == 0 and abi.EVENTS_RING_BYTES == 128 * 4096
+
+
+def test_labels_are_the_metrics_extra_labels():
+    from monitor.aggregate import Aggregator
+    agg = Aggregator(config.parse("labels: {pid: true, unit: true, pod: true}"),
+                     unit_of=lambda cgroup, pid: "u%d.service" % cgroup, pod_of=lambda cgroup: ("ns", "p", "c"))
+    log = events.EventLog(10, labels=agg.extra_labels)
+    log.add([decode(tcp_record(cgroup=3), 0)])
+    (e,) = log.query(events.parse_filters("", 10))["events"]
+    assert e["labels"] == {"pid": "42", "unit": "u3.service", "namespace": "ns", "pod": "p", "container": "c"}
+    assert events.EventLog(10, labels=Aggregator(config.parse("")).extra_labels).labels(3, 42) == {}
