@@ -19,7 +19,7 @@ import threading
 import time
 from urllib.parse import parse_qs
 
-from . import abi
+from . import abi, eventview
 from .decode import KNOWN_RESETS, TCP_STATES, errno_name, remote_address
 
 log = logging.getLogger("errnomon.events")
@@ -321,7 +321,7 @@ class FilterError(Exception):
     """One line: the parameter, and the form it takes."""
 
 
-PARAMS = ("comm", "remote", "port", "errno", "since", "after", "limit")
+PARAMS = ("comm", "remote", "port", "errno", "since", "after", "limit", "format", "refresh")
 _DURATION = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 DEFAULT_LIMIT = 1000
@@ -332,6 +332,9 @@ class Filter:
                  limit=DEFAULT_LIMIT):
         self.comm, self.remote, self.port, self.errno = comm, remote, port, errno
         self.since, self.after, self.limit = since, after, limit
+        self.format = None  # "html" or "json": the answer's form, else the client's Accept decides
+        self.refresh = None  # seconds: the HTML page reloads itself
+        self.given = {}  # the query as given, echoed into the HTML page's form
         self._inside = {}  # remote -> inside self.remote
 
     def match(self, row):
@@ -402,6 +405,15 @@ def parse_filters(query, keep, now=None):
                            % keep)
     else:
         f.limit = min(DEFAULT_LIMIT, keep)
+    if "format" in values:
+        if values["format"] not in ("html", "json"):
+            raise FilterError("format: %s is not html or json (without it, a browser gets HTML, others JSON)"
+                              % ascii(values["format"]))
+        f.format = values["format"]
+    if "refresh" in values and values["refresh"]:
+        f.refresh = _integer(values["refresh"], "refresh", 1, 3600, "a number of seconds from 1 to 3600 after "
+                             "which the HTML page reloads itself")
+    f.given = values
     return f
 
 
@@ -443,8 +455,14 @@ def app(log_):
         except FilterError as e:
             start_response("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8")])
             return [("%s\n" % e).encode()]
-        body = json.dumps(log_.query(f), separators=(",", ":")).encode()
-        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        payload = log_.query(f)
+        if eventview.wants_html(environ.get("HTTP_ACCEPT"), f.format):
+            body = eventview.html_page(payload, f.given, environ.get("SCRIPT_NAME", "") + "/errors").encode()
+            kind = "text/html; charset=utf-8"
+        else:
+            body = json.dumps(payload, separators=(",", ":")).encode()
+            kind = "application/json"
+        start_response("200 OK", [("Content-Type", kind), ("Content-Length", str(len(body))), ("Vary", "Accept")])
         return [body]
     return errors
 

@@ -3,6 +3,7 @@ which `make test` installs), `errnomon errors` and `errnomon top --once`, all ag
 real errors. Ground truth: each generating program's own errno and its own comm."""
 
 import html.parser
+import json
 import os
 import shutil
 import socket
@@ -64,62 +65,70 @@ def browse(url):
     return r.stdout
 
 
-def refused_connects(prefix, n):
-    """n refused connects, each from its own child named by the scenario: [(comm, port)]."""
-    out = []
-    for _ in range(n):
-        r = scenarios.refused(prefix, socket.AF_INET)
-        assert r["errnos"]["cli"] == ["ECONNREFUSED"]
-        out.append((r["comms"]["cli"], r["port"]))
-    return out
+def refused_connect(prefix):
+    """One refused connect from a child of its own: (comm, port)."""
+    r = scenarios.refused(prefix, socket.AF_INET)
+    assert r["errnos"]["cli"] == ["ECONNREFUSED"]
+    return r["comms"]["cli"], r["port"]
 
 
-def wait_events(daemon, comm, n):
-    daemon.wait_for("errnomon_connect_failures_total", [(dict(comm=comm, errno="ECONNREFUSED"), n)], comm=comm)
+def wait_counted(daemon, comm, port):
+    daemon.wait_for("errnomon_connect_failures_total",
+                    [(dict(comm=comm, errno="ECONNREFUSED", remote="127.0.0.1", port=str(port)), 1)], comm=comm)
 
 
 def base(daemon):
     return daemon.url.rsplit("/", 1)[0]
 
 
-def test_the_page_in_a_browser_shows_the_errors_newest_first_with_their_cause(daemon):
-    (first, port1), (second, port2) = refused_connects("hv", 2)
-    for comm in (first, second):
-        wait_events(daemon, comm, 1)
-    dom = browse("%s/errors?%s" % (base(daemon), urllib.parse.urlencode({"limit": 1000})))
-    assert "<title>errnomon: recent errors</title>" in dom  # HTML by the browser's own Accept header
+def rows_of(dom, comm):
     t = Table()
     t.feed(dom)
-    mine = [(int(seq), cells) for seq, cells in t.rows if cells[1].split("[")[0] in (first, second)]
-    assert [c[1].split("[")[0] for _, c in mine] == [second, first]  # newest first
-    assert mine[0][0] > mine[1][0]
-    for (_, cells), port in zip(mine, (port2, port1)):
-        assert cells[2] == "connect ECONNREFUSED"
-        assert cells[4] == "127.0.0.1:%d" % port
-        assert "refused" in cells[-1] and "127.0.0.1:%d" % port in cells[-1], cells
+    return [(int(seq), cells) for seq, cells in t.rows if cells[1].split("[")[0] == comm]
+
+
+def test_the_page_in_a_browser_shows_the_errors_newest_first_with_their_cause(daemon):
+    """A refused connect is two events: the RST received in SYN_SENT, then the failed connect."""
+    (first, port1), (second, port2) = refused_connect("hv1"), refused_connect("hv2")
+    for comm, port in ((first, port1), (second, port2)):
+        wait_counted(daemon, comm, port)
+    dom = browse("%s/errors?%s" % (base(daemon), urllib.parse.urlencode({"limit": 1000})))
+    assert "<title>errnomon: recent errors</title>" in dom  # HTML by the browser's own Accept header
+    one, two = rows_of(dom, first), rows_of(dom, second)
+    assert [c[2] for _, c in two] == [c[2] for _, c in one] == ["connect ECONNREFUSED", "RST received"]
+    seqs = [seq for seq, _ in two + one]
+    assert seqs == sorted(seqs, reverse=True)  # newest first
+    for rows, port in ((one, port1), (two, port2)):
+        cells = rows[0][1]
+        assert cells[4] == "127.0.0.1:%d" % port and rows[1][1][4] == "127.0.0.1:%d" % port
+        assert cells[-1] == "connection refused: nothing listens on 127.0.0.1:%d" % port, cells
+        assert rows[1][1][5] == "SYN_SENT"
     # the page's own filter form asks the same endpoint: one process only
     dom = browse("%s/errors?%s" % (base(daemon), urllib.parse.urlencode({"comm": first, "format": "html"})))
     t = Table()
     t.feed(dom)
-    assert [cells[1].split("[")[0] for _, cells in t.rows] == [first]
+    assert {cells[1].split("[")[0] for _, cells in t.rows} == {first}
     assert 'value="%s"' % first in dom
 
 
 def test_errnomon_errors_and_top_show_the_same_events(daemon):
-    ((comm, port),) = refused_connects("hc", 1)
-    wait_events(daemon, comm, 1)
-    cmd = [sys.executable, "-m", "monitor.cli"]
+    comm, port = refused_connect("hc")
+    wait_counted(daemon, comm, port)
+    cmd = [sys.executable, "-m", "monitor.cli"]  # as `errnomon`, any user
     r = subprocess.run(cmd + ["errors", "--url", "%s/errors" % base(daemon), "--comm", comm, "--json"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
-    import json
     events = [json.loads(line) for line in r.stdout.splitlines()]
     assert [(e["comm"], e["kind"], e["errno"], e["remote"], e["remote_port"]) for e in events] == [
+        (comm, "reset_received", "ECONNREFUSED", "127.0.0.1", port),
         (comm, "connect_failed", "ECONNREFUSED", "127.0.0.1", port)]
     r = subprocess.run(cmd + ["errors", "--url", "%s/errors" % base(daemon), "--comm", comm],
                        capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0 and len(r.stdout.splitlines()) == 1
-    assert "%s[" % comm in r.stdout and "connect ECONNREFUSED" in r.stdout and "-- " in r.stdout
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2 and all("%s[" % comm in line for line in lines)
+    assert " connect ECONNREFUSED 127.0.0.1:" in lines[1] and " > 127.0.0.1:%d " % port in lines[1]
+    assert lines[1].endswith(" -- connection refused: nothing listens on 127.0.0.1:%d" % port)
     r = subprocess.run(cmd + ["top", "--once", "--interval", "0.2", "--url", daemon.url], capture_output=True,
                        text=True, timeout=30, env=dict(os.environ, COLUMNS="200", LINES="60"))
     assert r.returncode == 0, r.stderr

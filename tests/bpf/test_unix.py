@@ -192,7 +192,7 @@ def test_unix_paths_map_is_bounded(tmp_path):
     d = Daemon(tmp_path, config_text=MANY_CONFIG, name="errnomon-ux-many")
     try:
         n = 10000
-        r = ux.connects("uxmn", ["%s/%d" % (MANY_DIR, i) for i in range(n)])
+        r = ux.connects("uxmn", ["%s/%d" % (MANY_DIR, i) for i in range(n)], hold=False)
         assert r.errnos() == ["ENOENT"] * n
         got = counted(d, r.comm, n)
         by_remote = {dict(k)["remote"]: v for k, v in got.items()}

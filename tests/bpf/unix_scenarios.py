@@ -201,17 +201,21 @@ def epipe(comm_prefix, address, kind=socket.SOCK_STREAM, sends=2, flags=socket.M
             os.waitpid(pid, 0)
 
 
-def _connects(rep, addresses, blocking=True):
+def _connects(rep, addresses, blocking=True, hold=True):
     for address in addresses:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.setblocking(blocking)
         rep.call("connect", s.connect, address)
-        rep.sockets = getattr(rep, "sockets", []) + [s]  # held open: they fill the backlog
+        if hold:
+            rep.sockets = getattr(rep, "sockets", []) + [s]  # held open: they fill the backlog
+        else:
+            s.close()
 
 
-def connects(comm_prefix, addresses, blocking=True):
-    """connect() to each address (str paths, or bytes with a leading NUL for abstract names)."""
-    return run_as(comm_prefix, "cli", _connects, addresses, blocking)
+def connects(comm_prefix, addresses, blocking=True, hold=True):
+    """connect() to each address (str paths, or bytes with a leading NUL for abstract names); hold: keep each
+    socket open until the end (a full backlog), else close it at once (thousands within the fd limit)."""
+    return run_as(comm_prefix, "cli", _connects, addresses, blocking, hold)
 
 
 class ClosingUpstream(ThreadServer):

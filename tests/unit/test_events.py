@@ -201,11 +201,31 @@ def test_bad_filters(query, names):
     assert str(e.value).startswith(names) and "\n" not in str(e.value)
 
 
-def call(app, query, method="GET"):
+def call(app, query, method="GET", accept=None):
     answer = {}
-    body = b"".join(app({"REQUEST_METHOD": method, "QUERY_STRING": query},
-                        lambda status, headers: answer.update(status=status, headers=dict(headers))))
+    environ = {"REQUEST_METHOD": method, "QUERY_STRING": query}
+    if accept is not None:
+        environ["HTTP_ACCEPT"] = accept
+    body = b"".join(app(environ, lambda status, headers: answer.update(status=status, headers=dict(headers))))
     return answer["status"], answer["headers"], body
+
+
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+
+
+def test_app_answers_a_browser_with_the_page_and_format_decides_outright():
+    app = events.app(kept_log(4))
+    status, headers, body = call(app, "comm=c0&refresh=5", accept=BROWSER_ACCEPT)
+    assert (status, headers["Content-Type"], headers["Vary"]) == ("200 OK", "text/html; charset=utf-8", "Accept")
+    page = body.decode()
+    assert page.count("<tr data-seq=") == 2 and '<meta http-equiv="refresh" content="5">' in page
+    assert 'name="comm" size="14" placeholder="e.g. nginx" value="c0"' in page
+    assert call(app, "format=json", accept=BROWSER_ACCEPT)[1]["Content-Type"] == "application/json"
+    assert call(app, "format=html", accept="*/*")[1]["Content-Type"].startswith("text/html")
+    for query, message in (("format=xml", "format: 'xml' is not html or json"),
+                           ("refresh=0", "refresh: '0' is not a number of seconds from 1 to 3600")):
+        status, _, body = call(app, query, accept=BROWSER_ACCEPT)
+        assert status.startswith("400") and body.decode().startswith(message), body
 
 
 def test_app():
