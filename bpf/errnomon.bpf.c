@@ -1180,6 +1180,54 @@ static __always_inline void key_from_sock(struct errnomon_key *key, void *sk, st
         peer_from_sock(key, sk, sock_family(sk));
 }
 
+/* errnomon_tcp_reset_idle_seconds: how long the peer had been silent when its reset arrived, the time since
+ * the last segment the connection received from it (tcp_sock.rcv_tstamp: the last ACK; icsk_ack.lrcvtime: the
+ * last data), in jiffies (KERNEL_HZ a second, from the loader). A connection in use hears from its peer at
+ * least every RTT; a long silence before a reset is the mark of an idle timeout somewhere. Only for resets
+ * of connections (not in the handshake). By process and service port: a bucket's key, and the sum. */
+#if defined(KERNEL_HZ) && defined(OFF_TCP_SOCK_RCV_TSTAMP) && defined(OFF_INET_CONNECTION_SOCK_ICSK_ACK_LRCVTIME)
+static __always_inline u16 idle_bucket(u64 ms)
+{
+    const u32 le[] = {RESET_IDLE_LE};
+    u16 bucket = RESET_IDLE_INF;
+#pragma unroll
+    for (int i = RESET_IDLE_BUCKETS - 1; i >= 0; i--)
+        if (ms <= (u64)le[i] * 1000)
+            bucket = i;
+    return bucket;
+}
+
+static __always_inline void reset_idle(struct errnomon_key *from, void *sk)
+{
+    struct errnomon_key key = {};
+    u32 heard = 0, data = 0, idle;
+    u64 ms;
+    u8 state = from->state;
+
+    if (state == TCP_SYN_SENT || state == TCP_SYN_RECV || state == TCP_NEW_SYN_RECV || state == TCP_LISTEN ||
+        state == TCP_CLOSE)
+        return;
+    bpf_probe_read_kernel(&heard, sizeof(heard), sk + OFF_TCP_SOCK_RCV_TSTAMP);
+    bpf_probe_read_kernel(&data, sizeof(data), sk + OFF_INET_CONNECTION_SOCK_ICSK_ACK_LRCVTIME);
+    if ((s32)(data - heard) > 0)
+        heard = data;
+    idle = (u32)bpf_jiffies64() - heard;
+    if ((s32)idle < 0)
+        idle = 0;
+    ms = (u64)idle * 1000 / KERNEL_HZ;
+    key.tgid = from->tgid;
+    key.cgroup = from->cgroup;
+    key.port = from->port;
+    __builtin_memcpy(key.comm, from->comm, sizeof(key.comm));
+    key.code = idle_bucket(ms);
+    count(&key, METRIC_TCP_RESET_IDLE);
+    key.code = RESET_IDLE_SUM;
+    count_by(&key, METRIC_TCP_RESET_IDLE, ms);
+}
+#else
+static __always_inline void reset_idle(struct errnomon_key *from, void *sk) {}
+#endif
+
 #ifdef HAVE_tcp__tcp_receive_reset
 /* tcp_receive_reset(sk) */
 RAW_TRACEPOINT_PROBE(tcp_receive_reset)
@@ -1192,6 +1240,7 @@ RAW_TRACEPOINT_PROBE(tcp_receive_reset)
     /* fires inside tcp_reset(), before the state changes: this is the state the RST hit */
     key.state = sock_state(sk);
     count(&key, METRIC_TCP_RESETS_RECEIVED);
+    reset_idle(&key, sk);
     socket_event(EVENT_RESET_RECEIVED, &key, sk, o, 0);
 #ifdef OFF_SOCK_SK_ERR
     /* A reset in SYN_SENT fails the attempt with ECONNREFUSED, always. Counted here, before tcp_reset()

@@ -121,7 +121,14 @@ struct errnomon_settings {
 #define METRIC_CONNECT_FAILURES 6
 #define METRIC_TCP_FINS_RECEIVED 7
 #define METRIC_LISTEN_DROPS 8 /* added in the kernel by the listener's drop counter's increase (bpf: listen_socks) */
-#define METRICS 9
+#define METRIC_TCP_RESET_IDLE 9 /* a histogram: code is the bucket's index, or RESET_IDLE_SUM (n: milliseconds) */
+#define METRICS 10
+
+/* errnomon_tcp_reset_idle_seconds: buckets at common idle timeouts, in seconds (le), then +Inf */
+#define RESET_IDLE_BUCKETS 10
+#define RESET_IDLE_LE 1, 5, 15, 30, 60, 120, 350, 600, 900, 3600
+#define RESET_IDLE_INF RESET_IDLE_BUCKETS
+#define RESET_IDLE_SUM 65534
 
 /* Listening sockets the programs follow (listen_socks), and how many of them sweep_listeners reads per run
  * (BPF_PROG_TEST_RUN passes at most 12 u64 arguments to a raw tracepoint program). */

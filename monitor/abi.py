@@ -15,13 +15,27 @@ def _read_defines(path):
     defines = {}
     with open(path) as f:
         for line in f:
-            m = re.match(r"#define\s+([A-Z][A-Z0-9_]*)\s+(\d+)\b", line)
+            m = re.match(r"#define\s+([A-Z][A-Z0-9_]*)\s+(\d+)(?:\s|$)", line)
             if m:
                 defines[m.group(1)] = int(m.group(2))
     return defines
 
 
 DEFINES = _read_defines(HEADER)
+
+
+def _read_list(path, name):
+    with open(path) as f:
+        for line in f:
+            m = re.match(r"#define\s+%s\s+([\d,\s]+)$" % name, line)
+            if m:
+                return tuple(int(x) for x in m.group(1).split(","))
+    raise ValueError("%s: no #define %s" % (path, name))
+
+
+# the bucket bounds of errnomon_tcp_reset_idle_seconds, in seconds (the programs count into them)
+RESET_IDLE_LE = _read_list(HEADER, "RESET_IDLE_LE")
+assert len(RESET_IDLE_LE) == DEFINES["RESET_IDLE_BUCKETS"]
 COMM_LEN = DEFINES["ERRNOMON_COMM_LEN"]
 
 OPS = {DEFINES["OP_SEND"]: "send", DEFINES["OP_RECV"]: "recv", DEFINES["OP_CONNECT"]: "connect",
@@ -34,7 +48,7 @@ COUNT_FLAGS = {"EAGAIN": DEFINES["COUNT_EAGAIN"], "EINTR": DEFINES["COUNT_EINTR"
 # Metric of a key, by its METRIC_* number; the names are those of the exported metrics without
 # the errnomon_ prefix and _total suffix.
 METRICS = ("socket_errors", "socket_error_reports", "tcp_resets_received", "tcp_resets_sent",
-           "tcp_fins_sent", "sigpipe", "connect_failures", "tcp_fins_received", "listen_drops")
+           "tcp_fins_sent", "sigpipe", "connect_failures", "tcp_fins_received", "listen_drops", "tcp_reset_idle")
 assert [DEFINES["METRIC_" + m.upper()] for m in METRICS] == list(range(DEFINES["METRICS"]))
 
 

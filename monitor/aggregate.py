@@ -17,7 +17,11 @@ METRIC_LABELS = {
     "sigpipe": ("comm", "action"),
     "connect_failures": ("errno", "comm", "remote", "port"),
     "listen_drops": ("comm", "port"),
+    # a histogram (errnomon_tcp_reset_idle_seconds): one series per bucket (le: its bound, "+Inf", or "sum": the
+    # seconds summed, in ms), each counting the resets in that bucket alone; the collector adds them up
+    "tcp_reset_idle": ("comm", "port", "le"),
 }
+HISTOGRAMS = ("tcp_reset_idle",)
 OTHER = "other"
 # Labels whose values are not from a small fixed set: folded to "other" when even the overflow is full.
 OPEN_LABELS = ("comm", "remote", "port", "pid", "unit", "namespace", "pod", "container")
@@ -123,7 +127,7 @@ class Aggregator:
         v = {
             "errno": event.errno, "op": event.op, "comm": event.comm, "remote": self.grouper(event.remote),
             "port": str(event.port) if event.port else "", "state": event.state, "reason": event.reason,
-            "action": event.action,
+            "action": event.action, "le": event.reason,
         }
         v.update(self._extra(event.cgroup, event.pid))
         return v
@@ -188,8 +192,16 @@ class Aggregator:
         cutoff = self.clock() - ttl
         dropped = 0
         with self.lock:
-            for table in self.series.values():
-                stale = [k for k, s in table.items() if s.updated < cutoff]
+            for metric, table in self.series.items():
+                if metric in HISTOGRAMS:  # a histogram's buckets go together, or its sums would stop adding up
+                    at = self.labels[metric].index("le")
+                    newest = {}
+                    for k, s in table.items():
+                        g = k[:at] + k[at + 1:]
+                        newest[g] = max(newest.get(g, s.updated), s.updated)
+                    stale = [k for k in table if newest[k[:at] + k[at + 1:]] < cutoff]
+                else:
+                    stale = [k for k, s in table.items() if s.updated < cutoff]
                 for k in stale:
                     del table[k]
                 dropped += len(stale)

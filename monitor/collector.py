@@ -2,10 +2,10 @@
 
 import platform
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from . import __version__, exposition
-from .aggregate import METRIC_LABELS
+from . import __version__, abi, exposition
+from .aggregate import HISTOGRAMS, METRIC_LABELS
 
 HELP = {
     "socket_errors": "Errors that socket system calls returned to applications (op: send, recv, connect, accept).",
@@ -20,7 +20,33 @@ HELP = {
                         "by errno; port is the port dialled.",
     "listen_drops": "Connection attempts a listening socket dropped because its accept or SYN queue was full "
                     "(its own ListenDrops), by the listening process and port.",
+    "tcp_reset_idle": "Seconds the peer had been silent (no segment received) when a TCP reset arrived on a "
+                      "connection, by process and service port: a long silence is an idle timeout somewhere.",
 }
+
+
+def exported_name(metric):
+    """The name a metric is exported under (a counter's without its _total)."""
+    return "errnomon_tcp_reset_idle_seconds" if metric == "tcp_reset_idle" else "errnomon_" + metric
+
+
+def histogram_rows(names, rows):
+    """(label names without le, [(label values, [(le, cumulative count)], sum in seconds)]) from the rows of a
+    histogram metric: one row per bucket holding that bucket's own count, and le="sum" holding milliseconds."""
+    at = names.index("le")
+    bounds = ["%.1f" % b for b in abi.RESET_IDLE_LE] + ["+Inf"]  # the le values decode.RESET_IDLE_LE gives
+    groups = {}
+    for values, value in rows:
+        g = groups.setdefault(tuple(values[:at]) + tuple(values[at + 1:]), {})
+        g[values[at]] = g.get(values[at], 0) + value
+    out = []
+    for labels, per in sorted(groups.items()):
+        total, buckets = 0, []
+        for le in bounds:
+            total += per.get(le, 0)
+            buckets.append((le, total))
+        out.append((list(labels), buckets, per.get("sum", 0) / 1000.0))
+    return [n for n in names if n != "le"], out
 
 
 class ErrnoCollector:
@@ -42,6 +68,14 @@ class ErrnoCollector:
         for metric in METRIC_LABELS:
             names, rows = self.aggregator.rows(metric)
             counts[metric] = len(rows)
+            if metric in HISTOGRAMS:
+                names, groups = histogram_rows(names, rows)
+                for start in range(0, max(1, len(groups)), self.slice_size):
+                    family = HistogramMetricFamily(exported_name(metric), HELP[metric], labels=names)
+                    for values, buckets, total in groups[start:start + self.slice_size]:
+                        family.add_metric(values, buckets, total)
+                    yield family
+                continue
             for start in range(0, max(1, len(rows)), self.slice_size):
                 family = CounterMetricFamily("errnomon_" + metric, HELP[metric], labels=names)
                 for values, value in rows[start:start + self.slice_size]:
@@ -87,13 +121,13 @@ class ErrnoCollector:
                                      "because the metric's series budget was spent (raise series.budget or "
                                      "group remotes).", labels=["metric"])
         for metric, n in sorted(overflow.items()):
-            folded.add_metric(["errnomon_%s_total" % metric], n)
+            folded.add_metric([exported_name(metric) + ("" if metric in HISTOGRAMS else "_total")], n)
         yield folded
 
         count = GaugeMetricFamily("errnomon_series", "Series each errnomon metric currently exports.",
                                   labels=["metric"])
         for metric, n in counts.items():
-            count.add_metric(["errnomon_%s_total" % metric], n)
+            count.add_metric([exported_name(metric) + ("" if metric in HISTOGRAMS else "_total")], n)
         yield count
 
         info = GaugeMetricFamily("errnomon_build_info", "errnomon version and the kernel it runs on.",

@@ -206,8 +206,10 @@ class Daemon:
         self.status("loading BPF programs")
         t0 = time.monotonic()
         try:
+            self.hz = events.kernel_hz()
             self.programs = loader.load(tracefs, self.config.map_size, self.tables,
-                                        self.config.syscall_tracepoints, function_hooks=self.config.function_hooks)
+                                        self.config.syscall_tracepoints, function_hooks=self.config.function_hooks,
+                                        hz=self.hz)
         except loader.LoadError:
             self.httpd.server_close()
             raise
@@ -222,7 +224,7 @@ class Daemon:
         self.events.labels, self.events.dropped = self.aggregator.extra_labels, self.programs.event_drops
         self.event_reader = events.Reader(
             bpfmap.EventRing(self.programs.events_fd, abi.EVENTS_RING_BYTES),
-            events.Decoder(events.kernel_hz(), self.decoder.reasons), self.events,
+            events.Decoder(self.hz, self.decoder.reasons), self.events,
             prepare=self.pods.prepare if self.config.pod_labels else None)
         self.programs.event_interval_ns = event_interval_ns(self.config)
         self.drain = Drain(self.programs, count_flags(self.config))

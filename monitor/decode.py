@@ -37,6 +37,11 @@ def reset_reasons(format_text):
     return {int(num): name for num, name in re.findall(r"\{\s*(\d+)\s*,\s*\"(\w+)\"\s*\}", m.group(1))}
 
 
+# le of each bucket of errnomon_tcp_reset_idle_seconds (key.code), and the key that holds the sum (ms)
+# (as prometheus-client writes a bound: "1.0", "3600.0", "+Inf"; PromQL matches le as a string)
+RESET_IDLE_LE = dict(enumerate(["%.1f" % s for s in abi.RESET_IDLE_LE] + ["+Inf"]))
+RESET_IDLE_LE[abi.DEFINES["RESET_IDLE_SUM"]] = "sum"
+
 # Resets errnomon recognises where the kernel names no reason (before 6.10): the names 6.10 gives them.
 KNOWN_RESETS = {abi.DEFINES["RESET_REASON_NO_SOCKET"]: "NO_SOCKET",
                 abi.DEFINES["RESET_REASON_TIMEWAIT_SOCKET"]: "TCP_TIMEWAIT_SOCKET"}
@@ -105,7 +110,8 @@ class Decoder:
             port=key.port,
             state=TCP_STATES.get(key.state, "UNKNOWN") if metric == "tcp_resets_received" else None,
             reason=(self.reasons.get(key.code) or KNOWN_RESETS.get(key.code, "unknown")
-                    if metric == "tcp_resets_sent" else None),
+                    if metric == "tcp_resets_sent" else RESET_IDLE_LE.get(key.code, "unknown")
+                    if metric == "tcp_reset_idle" else None),
             action=abi.SIGPIPE_ACTIONS.get(key.code, "unknown") if metric == "sigpipe" else None,
             pid=key.tgid,
             cgroup=key.cgroup,

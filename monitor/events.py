@@ -83,7 +83,7 @@ def kernel_hz():
         hz = measured_hz()
         if hz is None:
             log.warning("CONFIG_HZ is unknown (no /boot/config-%s, /proc/config.gz or /proc/timer_list): error "
-                        "events carry no idle times", platform.release())
+                        "events carry no idle times and errnomon_tcp_reset_idle_seconds is not counted", platform.release())
         else:
             log.info("CONFIG_HZ not in the kernel config: measured %d", hz)
     return hz

@@ -268,6 +268,7 @@ LAYOUT = {
     # error events (GET /errors): the local IPv6 address, and what a TCP socket tells about its connection
     ("sock_common", "skc_v6_rcv_saddr"): "error events of IPv6 sockets carry no local address",
     ("tcp_sock", "lsndtime"): "error events carry no idle times, bytes, retransmissions or RTT",
+    ("tcp_sock", "rcv_tstamp"): "errnomon_tcp_reset_idle_seconds is not counted",
     ("inet_connection_sock", "icsk_ack.lrcvtime"): None,
     ("tcp_sock", "bytes_sent"): None,  # 4.19+; bytes_acked stands in before
     ("tcp_sock", "bytes_acked"): None,
@@ -800,22 +801,24 @@ def _run_child(tracefs, flags, chosen):
     return json.loads(data), fds
 
 
-def plan(tracefs, formats, kernel_btf, layout, map_size, max_sockets, syscalls, families):
-    """(chosen hooks, why, compile flags) for this kernel."""
+def plan(tracefs, formats, kernel_btf, layout, map_size, max_sockets, syscalls, families, hz=None):
+    """(chosen hooks, why, compile flags) for this kernel; hz: its CONFIG_HZ (None: unknown)."""
     kernel = facts(tracefs, formats, kernel_btf, layout)
     chosen, why = choose_hooks(kernel, families, syscalls)
     flags = compile_flags(chosen_tracepoints(chosen), formats, map_size, max_sockets, layout,
                           send_reset_arity(kernel_btf), hook_flags(chosen, kernel))
     if kernel_btf is not None and kernel_btf.func_proto("bpf_iter_tcp"):
         flags.append("-DHAVE_BPF_ITER_TCP")
+    if hz:
+        flags.append("-DKERNEL_HZ=%d" % hz)
     return chosen, why, flags
 
 
 def load(tracefs, map_size, max_sockets, syscall_tracepoints=False, print_only=False,
-         function_hooks=FUNCTION_HOOK_FAMILIES):
+         function_hooks=FUNCTION_HOOK_FAMILIES, hz=None):
     """Attach, for every signal, the cheapest hook the kernel offers (the syscall tracepoints only if
     syscall_tracepoints; function hooks only of the families in function_hooks). tracefs: what preflight()
-    returned."""
+    returned; hz: the kernel's CONFIG_HZ (None: unknown; errnomon_tcp_reset_idle_seconds is not counted)."""
     formats = {p: tracepoint_format(tracefs, p) for p in PROBES}
     # tests only: run the lower rungs on a kernel that has the tracepoints (comma-separated category:event)
     for probe in filter(None, os.environ.get("ERRNOMON_IGNORE_TRACEPOINTS", "").split(",")):
@@ -824,7 +827,7 @@ def load(tracefs, map_size, max_sockets, syscall_tracepoints=False, print_only=F
     layout, lost = layout_flags(kernel_btf)
     families = tuple(function_hooks)
     chosen, why, flags = plan(tracefs, formats, kernel_btf, layout, map_size, max_sockets, syscall_tracepoints,
-                              families)
+                              families, hz)
     if print_only:
         return flags
     if lost:
@@ -837,7 +840,7 @@ def load(tracefs, map_size, max_sockets, syscall_tracepoints=False, print_only=F
                     message["fentry_refused"])
         families = tuple(f for f in families if f != "fentry")
         chosen, why2, flags = plan(tracefs, formats, kernel_btf, layout, map_size, max_sockets,
-                                   syscall_tracepoints, families)
+                                   syscall_tracepoints, families, hz)
         why = {s: "fentry refused; " + w for s, w in why2.items()}
         message, fds = _run_child(tracefs, flags, chosen)
     if "sweep_refused" in message:
@@ -846,7 +849,7 @@ def load(tracefs, map_size, max_sockets, syscall_tracepoints=False, print_only=F
                     "with it", message["sweep_refused"])
         layout = [f for f in layout if not f.startswith("-DOFF_SOCK_SK_DROPS=")]
         chosen, _, flags = plan(tracefs, formats, kernel_btf, layout, map_size, max_sockets, syscall_tracepoints,
-                                families)
+                                families, hz)
         message, fds = _run_child(tracefs, flags, chosen)
     del kernel_btf  # the daemon keeps none of it
     if "error" in message:

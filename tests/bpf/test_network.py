@@ -81,6 +81,26 @@ def test_a_firewall_that_forgets_an_idle_connection_resets_it_from_the_middle(da
     expect(daemon, cli, "errnomon_socket_errors_total", (dict(peer, errno="ECONNRESET", op="recv"), 1))
     expect(daemon, cli, "errnomon_tcp_resets_received_total", (dict(peer, state="ESTABLISHED"), 1))
     expect(daemon, srv, "errnomon_tcp_resets_sent_total")
+    # the idle time before that reset: the client's own sleep after the server's last answer
+    idle = net_scenarios.CONNTRACK_TIMEOUT + 1.5
+    expect_idle_reset(daemon, cli, SERVICE_PORT, idle, idle + 0.5)
+
+
+IDLE_LE = ("1.0", "5.0", "15.0", "30.0", "60.0", "120.0", "350.0", "600.0", "900.0", "3600.0", "+Inf")
+
+
+def expect_idle_reset(daemon, comm, port, low, high):
+    """errnomon_tcp_reset_idle_seconds of comm and port: one reset, in the bucket of [low, high] seconds."""
+    labels = dict(comm=comm, port=str(port))
+    bucket = next(le for le in IDLE_LE if le == "+Inf" or float(le) >= high)
+    assert bucket == next(le for le in IDLE_LE if le == "+Inf" or float(le) >= low), "the bounds straddle a bucket"
+    daemon.wait_for("errnomon_tcp_reset_idle_seconds_bucket",
+                    [(dict(labels, le=le), 1 if IDLE_LE.index(le) >= IDLE_LE.index(bucket) else 0) for le in IDLE_LE],
+                    comm=comm)
+    assert daemon.samples("errnomon_tcp_reset_idle_seconds_count", comm=comm) == {
+        tuple(sorted(labels.items())): 1}
+    (total,) = daemon.samples("errnomon_tcp_reset_idle_seconds_sum", comm=comm).values()
+    assert low <= total <= high, total
 
 
 def test_listen_queue_overflow(daemon):

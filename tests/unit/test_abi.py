@@ -104,7 +104,8 @@ def test_known_sizes():
         ("COUNT_EAGAIN", 1), ("COUNT_EINTR", 2), ("COUNT_EINPROGRESS", 4),
         ("METRIC_SOCKET_ERRORS", 0), ("METRIC_SOCKET_ERROR_REPORTS", 1), ("METRIC_TCP_RESETS_RECEIVED", 2),
         ("METRIC_TCP_RESETS_SENT", 3), ("METRIC_TCP_FINS_SENT", 4), ("METRIC_SIGPIPE", 5),
-        ("METRIC_CONNECT_FAILURES", 6), ("METRIC_TCP_FINS_RECEIVED", 7), ("METRIC_LISTEN_DROPS", 8), ("METRICS", 9),
+        ("METRIC_CONNECT_FAILURES", 6), ("METRIC_TCP_FINS_RECEIVED", 7), ("METRIC_LISTEN_DROPS", 8), ("METRIC_TCP_RESET_IDLE", 9), ("METRICS", 10),
+        ("RESET_IDLE_BUCKETS", 10), ("RESET_IDLE_SUM", 65534),
         ("LISTEN_SWEEP_BATCH", 12), ("OWNER_CONNECTED", 1), ("OWNER_ACCEPTED", 2),
         ("OWNER_AMBIGUOUS", 4), ("OWNER_ESTABLISHED", 8),
         ("EVENT_SOCKET_ERROR", 1), ("EVENT_RESET_RECEIVED", 2), ("EVENT_RESET_SENT", 3), ("EVENT_CONNECT_FAILED", 4),
@@ -122,7 +123,7 @@ def test_defines_match_the_preprocessor():
                          text=True).stdout
     macros = dict(re.findall(r"^#define (\w+) (\S+)$", out, re.M))
     with open(abi.HEADER) as f:
-        own = set(re.findall(r"^#define\s+(\w+)\s+\d+", f.read(), re.M))
+        own = set(re.findall(r"^#define\s+(\w+)\s+\d+(?:\s|$)", f.read(), re.M))  # not lists (RESET_IDLE_LE)
     assert set(abi.DEFINES) == own
     assert {name: int(macros[name]) for name in own} == abi.DEFINES
 
@@ -132,7 +133,9 @@ def test_derived_tables():
     assert abi.SIGPIPE_ACTIONS == {1: "ignored", 2: "handled", 3: "killed"}
     assert abi.COUNT_FLAGS == {"EAGAIN": 1, "EINTR": 2, "EINPROGRESS": 4}
     assert abi.METRICS == ("socket_errors", "socket_error_reports", "tcp_resets_received", "tcp_resets_sent",
-                           "tcp_fins_sent", "sigpipe", "connect_failures", "tcp_fins_received", "listen_drops")
+                           "tcp_fins_sent", "sigpipe", "connect_failures", "tcp_fins_received", "listen_drops",
+                           "tcp_reset_idle")
+    assert abi.RESET_IDLE_LE == (1, 5, 15, 30, 60, 120, 350, 600, 900, 3600)
     assert abi.COMM_LEN == 16
     assert abi.EVENT_KINDS == {1: "socket_error", 2: "reset_received", 3: "reset_sent", 4: "connect_failed"}
     assert abi.EVENT_DROP_REASONS == {"rate_limit": 0, "ring_full": 1}

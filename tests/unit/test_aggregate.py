@@ -67,6 +67,7 @@ def test_default_metric_labels():
         "sigpipe": ("comm", "action"),
         "connect_failures": ("errno", "comm", "remote", "port"),
         "listen_drops": ("comm", "port"),
+        "tcp_reset_idle": ("comm", "port", "le"),
     }
 
 

@@ -143,10 +143,10 @@ def test_empty_aggregator_and_status():
     registry.register(ErrnoCollector(Aggregator(config.parse("")), lambda: {"attached": {}, "drops": {}}))
     families = {f.name: f for f in registry.collect()}
     assert sorted(families) == sorted(["errnomon_" + m for m in ERRNOMON_METRICS] + [
-        "errnomon_probe_attached", "errnomon_probe_missed", "errnomon_dropped", "errnomon_events_dropped",
+        "errnomon_tcp_reset_idle_seconds", "errnomon_probe_attached", "errnomon_probe_missed", "errnomon_dropped", "errnomon_events_dropped",
         "errnomon_series_overflow", "errnomon_series", "errnomon_build_info"])
     assert families["errnomon_socket_errors"].samples == []
-    assert [s.value for s in families["errnomon_series"].samples] == [0] * len(ERRNOMON_METRICS)
+    assert [s.value for s in families["errnomon_series"].samples] == [0] * (len(ERRNOMON_METRICS) + 1)
 
 
 def exposition(registry):
@@ -159,7 +159,7 @@ def test_exposition_parses_back(setup):
     # The parser names counter families without _total.
     assert {name: f.type for name, f in families.items()} == dict(
         {"errnomon_" + m: "counter" for m in ERRNOMON_METRICS},
-        errnomon_probe_attached="gauge", errnomon_probe_missed="counter", errnomon_dropped="counter",
+        errnomon_tcp_reset_idle_seconds="histogram", errnomon_probe_attached="gauge", errnomon_probe_missed="counter", errnomon_dropped="counter",
         errnomon_events_dropped="counter", errnomon_series_overflow="counter", errnomon_series="gauge", errnomon_build_info="gauge")
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
     assert samples[("errnomon_socket_error_reports_total", (
@@ -171,7 +171,7 @@ def test_exposition_parses_back(setup):
     assert samples[("errnomon_connect_failures_total", (
         ("comm", "curl"), ("errno", "ECONNREFUSED"), ("port", "5432"), ("remote", "10.0.0.5")))] == 3
     assert sum(v for (name, _), v in samples.items() if name == "errnomon_socket_errors_total") == 7
-    assert len(samples) == len(EVENTS) + sum(map(len, ATTACHED.values())) + len(MISSED) + len(DROPS) + 2 + 2 * len(ERRNOMON_METRICS) + 1
+    assert len(samples) == len(EVENTS) + sum(map(len, ATTACHED.values())) + len(MISSED) + len(DROPS) + 2 + 2 * (len(ERRNOMON_METRICS) + 1) + 1
 
 
 def promtool():
@@ -205,3 +205,40 @@ def test_promtool_rejects_garbage():
                          timeout=60)
     assert run.returncode == 1
     assert "error" in (run.stdout + run.stderr).lower()
+
+
+def idle(comm, port, le, n):
+    return ev("tcp_reset_idle", comm=comm, remote=None, port=port, reason=le), n
+
+
+def test_reset_idle_histogram_is_cumulative_with_its_count_and_sum_in_seconds():
+    agg = Aggregator(config.parse(""))
+    # the programs count each reset in its own bucket (le), and its milliseconds in le="sum"
+    agg.add([idle("api", 5432, "1.0", 2), idle("api", 5432, "350.0", 3), idle("api", 5432, "+Inf", 1),
+             idle("api", 5432, "sum", 2 * 400 + 3 * 340_000 + 4_000_000), idle("web", 80, "5.0", 1),
+             idle("web", 80, "sum", 2500)])
+    registry = CollectorRegistry()
+    registry.register(ErrnoCollector(agg, Status()))
+    families = {f.name: f for f in text_string_to_metric_families(exposition(registry))}
+    h = families["errnomon_tcp_reset_idle_seconds"]
+    assert h.type == "histogram"
+    got = {(s.name, s.labels.get("comm"), s.labels.get("le")): s.value for s in h.samples}
+    le = ["1.0", "5.0", "15.0", "30.0", "60.0", "120.0", "350.0", "600.0", "900.0", "3600.0", "+Inf"]
+    assert [got[("errnomon_tcp_reset_idle_seconds_bucket", "api", b)] for b in le] == [2, 2, 2, 2, 2, 2, 5, 5, 5, 5, 6]
+    assert got[("errnomon_tcp_reset_idle_seconds_count", "api", None)] == 6
+    assert got[("errnomon_tcp_reset_idle_seconds_sum", "api", None)] == 2 * 0.4 + 3 * 340 + 4000
+    assert [got[("errnomon_tcp_reset_idle_seconds_bucket", "web", b)] for b in le] == [0] + [1] * 10
+    assert {s.labels["port"] for s in h.samples if s.labels["comm"] == "web"} == {"80"}
+
+
+def test_a_histogram_expires_whole_or_not_at_all():
+    now = [0.0]
+    agg = Aggregator(config.parse("series: {ttl: 60s}"), clock=lambda: now[0])
+    agg.add([idle("api", 5432, "1.0", 1), idle("api", 5432, "sum", 100)])
+    now[0] = 50.0
+    agg.add([idle("api", 5432, "600.0", 1), idle("api", 5432, "sum", 500_000)])
+    now[0] = 100.0  # the "1" bucket is 100 s old, but its histogram moved 50 s ago: kept
+    assert agg.expire() == 0
+    assert len(agg.rows("tcp_reset_idle")[1]) == 3
+    now[0] = 111.0
+    assert agg.expire() == 3
