@@ -2,6 +2,11 @@
 a listen queue that overflows. Real namespaces, router and ICMP (tests/bpf/net_scenarios.py); the
 applications' own outcomes and the namespace's own counters are the expected values."""
 
+import json
+import re
+import urllib.parse
+import urllib.request
+
 import pytest
 
 from . import net_scenarios
@@ -84,6 +89,19 @@ def test_a_firewall_that_forgets_an_idle_connection_resets_it_from_the_middle(da
     # the idle time before that reset: the client's own sleep after the server's last answer
     idle = net_scenarios.CONNTRACK_TIMEOUT + 1.5
     expect_idle_reset(daemon, cli, SERVICE_PORT, idle, idle + 0.5)
+    # and the event says why: the silence before the reset, and what usually causes it
+    (reset,) = [e for e in errors(daemon, comm=cli) if e["kind"] == "reset_received"]
+    assert (reset["remote"], reset["remote_port"], reset["state"]) == (SERVER, SERVICE_PORT, "ESTABLISHED")
+    assert idle <= reset["idle_recv_s"] <= idle + 0.5 and reset["idle_send_s"] < 0.5
+    assert re.fullmatch(r"reset after 3\.\d s idle: an idle timeout near 3\.\d s between the hosts \(a NAT, "
+                        r"firewall or load balancer forgot the connection\)", reset["explanation"]), reset
+
+
+def errors(daemon, **filters):
+    """The daemon's GET /errors events for these filters."""
+    url = "%s/errors?%s" % (daemon.url.rsplit("/", 1)[0], urllib.parse.urlencode(filters))
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())["events"]
 
 
 IDLE_LE = ("1.0", "5.0", "15.0", "30.0", "60.0", "120.0", "350.0", "600.0", "900.0", "3600.0", "+Inf")
