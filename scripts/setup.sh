@@ -82,8 +82,10 @@ for p in "${PKGS[@]}"; do installed "$p" || missing+=("$p"); done
 if [ "$MODE" = test ]; then
     # a real browser engine for the HTML view of GET /errors (tests/bpf/test_errors_view.py); Debian's
     # package (Ubuntu ships chromium only as a snap)
-    if ! installed chromium-headless-shell && in_apt chromium-headless-shell; then
-        apt_install chromium-headless-shell
+    if ! installed chromium-headless-shell; then
+        need_root "installing chromium-headless-shell"
+        apt_update_once  # a fresh host has no package lists: in_apt would say no
+        ! in_apt chromium-headless-shell || apt_install chromium-headless-shell
     fi
     missing=()
     for p in "${REAL_PROGRAMS[@]}"; do installed "$p" || missing+=("$p"); done
