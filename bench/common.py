@@ -646,7 +646,11 @@ def errnomon_bpf(probes=None, source=None, extra_cflags=(), with_syscalls=False)
                                  loader.hook_flags(chosen, kernel))
     b = bcc.BPF(src_file=(source or loader.SOURCE).encode(), cflags=flags + list(extra_cflags))
     low, high = loader.ephemeral_ports()
-    b["settings"][ctypes.c_int(0)] = abi.Settings(gen=0, count_flags=0, ephemeral_low=low, ephemeral_high=high)
+    # error events on, as the daemon turns them on with the shipped config (events.enabled, events.rate 1000):
+    # nobody reads the ring here, so past the burst every error takes the rate-limited branch, as in a storm
+    interval = monitor_module("daemon").event_interval_ns(monitor_module("config").load(DAEMON_CONFIG))
+    b["settings"][ctypes.c_int(0)] = abi.Settings(gen=0, count_flags=0, ephemeral_low=low, ephemeral_high=high,
+                                                  event_interval_ns=interval)
     return b
 
 

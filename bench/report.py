@@ -404,14 +404,20 @@ def storm_section(storm, img, cost_img=None):
         "their own errors. `epipe`: send of 1 byte with MSG_NOSIGNAL on a loopback TCP connection the process shut "
         "down itself (SHUT_WR): every send fails with EPIPE at once, the fastest socket error this machine makes. "
         "`refused`: connect() to a loopback port that is bound but not listening: ECONNREFUSED. Each mode runs "
-        "once without errnomon (the rate the generator reaches alone) and once with it. errnomon's "
+        "once without errnomon (the rate the generator reaches alone) and once with it; the EPIPE storm with two "
+        "daemons in turn against the same bare run: error events on (`epipe`: the shipped config, events.rate "
+        "1000, with events.keep raised so that the whole storm's events stay in memory to be counted) and off "
+        "(`epipe_events_off`: `events: {enabled: false}`). errnomon's "
         "`errnomon_socket_errors_total{errno,op}` for those comms is scraped after the storm until it equals the "
         "generators' counts, then once more two drain intervals later (it must not move). The daemon's CPU is "
         "utime+stime from /proc/<pid>/stat over the storm window." % m0["processes"], "",
     ]
     rows = []
     for mode, r in storm["modes"].items():
-        rows.append(["`%s` (%s, op=%s)" % (mode, r["errno"], r["op"]), "%g s" % r["seconds"],
+        events = r.get("events")
+        rows.append(["`%s` (%s, op=%s%s)" % (mode, r["errno"], r["op"],
+                                             "; events %s" % events if events in ("on", "off") else ""),
+                     "%g s" % r["seconds"],
                      "{:,}".format(r["bare"]["rate_per_s"]), "{:,}".format(r["with_errnomon"]["rate_per_s"]),
                      pct(r["rate_kept_under_errnomon"], 1),
                      "{:,}".format(r["with_errnomon"]["errors"]), "{:,}".format(sum(r["counted"].values())),
@@ -422,12 +428,12 @@ def storm_section(storm, img, cost_img=None):
                    "errnomon counted", "Exact", "Counted within", "Daemon CPU (of one core)", "Dropped"], rows), ""]
     out += ["Highest rate reached with every error counted exactly: **{:,} errors/s** (`{}`).".format(
         storm["highest_rate_per_s"], storm["highest_rate_mode"]), ""]
+    out += events_accounting(storm)
     if img:
         out += ["![storm](%s)" % img, ""]
     e = storm["modes"].get("epipe")
     if e and e["rate_kept_under_errnomon"]:
-        cpus = e["bare"]["host_busy_cpus"]
-        ns = (cpus / e["with_errnomon"]["rate_per_s"] - cpus / e["bare"]["rate_per_s"]) * 1e9
+        ns = storm_ns_per_error(e, e["with_errnomon"], e["bare"])
         out += ["Counting costs the erring process, not the daemon: at %s errors/s the generators kept %s of their "
                 "rate (from this one pair of runs, about %.0f ns of kernel time per counted error; the breakdown "
                 "below measures it in rounds), paid by the erring thread itself in the send program, while the "
@@ -435,6 +441,45 @@ def storm_section(storm, img, cost_img=None):
                 "millions of times a second; in the ping-pong above, where calls succeed, none of this runs."
                 % ("{:,}".format(e["with_errnomon"]["rate_per_s"]), pct(e["rate_kept_under_errnomon"]), ns), ""]
     out += cost_section(storm.get("per_error_cost"), cost_img)
+    return out
+
+
+def storm_ns_per_error(mode, run, than):
+    """Kernel time per error of one storm run over another's, from their rates (the bare run's CPUs busy)."""
+    cpus = mode["bare"]["host_busy_cpus"]
+    return (cpus / run["rate_per_s"] - cpus / than["rate_per_s"]) * 1e9
+
+
+def events_accounting(storm):
+    """The events-on storm's events: kept by the daemon for the storm's comms + refused in the kernel == errors."""
+    rows = []
+    for mode, r in storm["modes"].items():
+        a = r.get("events_accounted")
+        if not a:
+            continue
+        rows.append(["`%s`" % mode, "{:,}".format(a["generated"]), "{:,}".format(a["kept"]),
+                     "{:,}".format(a["dropped"].get("rate_limit", 0)), "{:,}".format(a["dropped"].get("ring_full", 0)),
+                     "{:,}".format(a["kept"] + a["dropped_total"]), ok(a["ok"]), "{:,}".format(a["kept_other"])])
+    if not rows:
+        return []
+    off = storm["modes"].get("epipe_events_off")
+    on = storm["modes"].get("epipe")
+    out = ["With events on, every error of the storm is an event kept or an event refused: the events the daemon "
+           "kept for the generators' comms (`GET /errors?after=<seq before the storm>`), and the growth of "
+           "`errnomon_events_dropped_total{reason}` over the storm and the drain wait (the kernel counts every "
+           "event it refused, whoever's: events of other processes in the window are in the last column, and "
+           "any of theirs refused would show as a surplus).", "",
+           table(["Storm", "Errors generated", "Events kept (storm's comms)", "Refused: rate_limit",
+                  "Refused: ring_full", "Kept + refused", "Every event accounted for",
+                  "Other processes' events kept"], rows), ""]
+    if on and off and on["rate_kept_under_errnomon"] and off["rate_kept_under_errnomon"]:
+        ns = storm_ns_per_error(on, on["with_errnomon"], off["with_errnomon"])
+        out += ["Events on against off, in this one pair of runs: the generators kept %s of the bare rate with "
+                "events on and %s with them off (about %+.0f ns of kernel time per error for the events, nearly "
+                "all of it the rate limit's refusal); the daemon used %.2f%% and %.2f%% of a core. The breakdown "
+                "below measures the event's cost in rounds (`error event`)."
+                % (pct(on["rate_kept_under_errnomon"]), pct(off["rate_kept_under_errnomon"]), ns,
+                   100 * on["daemon_cpu_storm_fraction"], 100 * off["daemon_cpu_storm_fraction"]), ""]
     return out
 
 
@@ -682,6 +727,9 @@ def memory_section(mem):
 CHECK_LABELS = {
     "exact_counts_epipe": "EPIPE storm counted exactly",
     "daemon_cpu_epipe": "daemon CPU < 5% of a core (EPIPE storm)",
+    "events_accounted_epipe": "every error event of the EPIPE storm kept or counted as dropped",
+    "exact_counts_epipe_events_off": "EPIPE storm counted exactly, events off",
+    "daemon_cpu_epipe_events_off": "daemon CPU < 5% of a core (EPIPE storm, events off)",
     "exact_counts_refused": "ECONNREFUSED storm counted exactly",
     "daemon_cpu_refused": "daemon CPU < 5% of a core (ECONNREFUSED storm)",
     "scrape_10k_under_100ms": "10,000 series served in < 100 ms",
@@ -826,7 +874,10 @@ def analysis(hot, storm, scrape, foot, servers=None):
                 "sum over CPUs); comm and cgroup label the process that saw the error, and the owner's copies "
                 "can be stale (exec, prctl, cgroup moves); the owner lookup gives the remote address and service "
                 "port; the sendfile check keeps a failing sendfile chunk after bytes were sent from being counted; "
-                "the SIGPIPE lookup runs for EPIPE only. No step is dead weight on this path. The one redundant "
+                "the SIGPIPE lookup runs for EPIPE only; the error event (events on, as shipped) is, for nearly "
+                "every error of a storm, the rate limit refusing it (the settings lookup, the clock, the token "
+                "bucket, a per-CPU drop count), and `events: {enabled: false}` leaves one settings lookup of it. "
+                "No step is dead weight on this path. The one redundant "
                 "copy is gone: `io_error` took the owner's tgid, cgroup and comm into the key and "
                 "`key_from_current` overwrote all three right after; it now takes only the peer from the owner "
                 "(`peer_from_owner`: port, family, remote), two 8-byte and one 16-byte copy fewer per error.", ""]

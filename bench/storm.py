@@ -4,13 +4,18 @@ For each mode (epipe: send after SHUT_WR, the fastest error this machine produce
 non-listening loopback port), the generator runs once bare (the rate the machine reaches without errnomon) and
 once with errnomon attached. errnomon's counts for the generators' comms, scraped from /metrics after a final
 drain wait, must equal the generators' own counts exactly; the daemon's CPU (utime+stime from /proc/<pid>/stat)
-is measured over the storm window.
+is measured over the storm window. The EPIPE storm runs under two daemons in turn, against the same bare run:
+error events on (the shipped config) and off (events.enabled: false). With events on, every error of the storm
+must be accounted for: the events the daemon kept for the generators' comms plus errnomon_events_dropped_total
+(every reason) over the window equal the errors generated.
 """
 
 import json
 import os
 import subprocess
 import time
+import urllib.parse
+import urllib.request
 
 import hotpath
 from common import DAEMON_CONFIG, Errnomon, HostCpu, compile_c, log
@@ -20,6 +25,8 @@ MODES = {
     "epipe": ("EPIPE", "send"),
     "refused": ("ECONNREFUSED", "connect"),
 }
+# the EPIPE storm's daemons: (mode name, events.enabled); "epipe" keeps the shipped config's events (on)
+EPIPE_EVENTS = (("epipe", True), ("epipe_events_off", False))
 CPU_BUDGET = 0.05  # of one core
 DRAIN_INTERVAL = 0.5  # config.example.yaml
 DRAIN_TIMEOUT = 15.0
@@ -75,19 +82,66 @@ def wait_drained(daemon, expected, errno, op):
     return got, other, round(time.monotonic() - t0, 3)
 
 
-def run_mode(binary, mode, procs, seconds, workdir, tag):
-    errno, op = MODES[mode]
-    bare = generate(binary, mode, procs, seconds, "bstorm%s%s_" % (mode[0].upper(), tag))
-    log("storm %-7s bare:     %d errors, %.0f errors/s" % (mode, bare["errors"], bare["rate_per_s"]))
+def events_config(workdir, enabled, seconds):
+    """A copy of the daemon's config with events.enabled as given. With events on, the shipped events.rate, and
+    events.keep raised so that every event of the storm stays in memory to be counted by comm (keep only bounds
+    the in-memory log: each event is appended the same way whatever it is)."""
+    import yaml
+    from common import monitor_module
+    with open(DAEMON_CONFIG) as f:
+        data = yaml.safe_load(f) or {}
+    events = dict(data.get("events") or {}, enabled=enabled)
+    if enabled:
+        rate = monitor_module("config").load(DAEMON_CONFIG).events_rate
+        # a burst of `rate`, then `rate` a second over the storm and the drain wait after it, with room to spare
+        events["keep"] = max(events.get("keep", 0), int(rate * (seconds + DRAIN_TIMEOUT + 10)))
+    data["events"] = events
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "config-events-%s.yaml" % ("on" if enabled else "off"))
+    with open(path, "w") as f:
+        yaml.safe_dump(data, f)
+    return path
+
+
+def errors_view(daemon, **params):
+    """GET /errors (JSON) of the daemon with these query parameters."""
+    url = daemon.url.rsplit("/", 1)[0] + "/errors?" + urllib.parse.urlencode(dict(params, format="json"))
+    with urllib.request.urlopen(url, timeout=60) as r:
+        return json.loads(r.read().decode())
+
+
+def events_dropped(daemon):
+    """{reason: n} of errnomon_events_dropped_total."""
+    return {l.get("reason"): int(v) for l, v in daemon.samples("errnomon_events_dropped_total")}
+
+
+def run_mode(binary, mode, procs, seconds, workdir, tag, bare=None, events=None):
+    """events: None (the config as it is), True or False (events.enabled, the EPIPE storm's two daemons);
+    bare: the bare run to compare with, when another mode's serves (the same storm, side by side)."""
+    kind = mode.split("_")[0]
+    errno, op = MODES[kind]
+    if bare is None:
+        bare = generate(binary, kind, procs, seconds, "bstorm%s%s_" % (kind[0].upper(), tag))
+        log("storm %-16s bare:     %d errors, %.0f errors/s" % (mode, bare["errors"], bare["rate_per_s"]))
     # op="connect" needs the syscall tracepoints (kernel.syscall_tracepoints, off by default)
-    config = hotpath.syscalls_on_config(workdir) if mode == "refused" else DAEMON_CONFIG
+    if kind == "refused":
+        config = hotpath.syscalls_on_config(workdir)
+    elif events is not None:
+        config = events_config(workdir, events, seconds)
+    else:
+        config = DAEMON_CONFIG
     daemon = Errnomon(workdir, config=config, name="errnomon-storm-%s" % mode).start()
+    accounted = None
     try:
-        prefix = "storm%s%s_" % (mode[0].upper(), tag)
+        # distinct comms for each daemon: the other's errors can never be taken for this one's
+        prefix = "storm%s%s%s_" % (kind[0].upper(), "X" if events is False else "", tag)
         time.sleep(2 * DRAIN_INTERVAL)  # start-up drains behind us
+        if events:
+            seq0 = errors_view(daemon, limit=1)["last_seq"]
+            dropped0 = events_dropped(daemon)
         cpu0 = daemon.cpu_seconds()
         t0 = time.monotonic()
-        gen = generate(binary, mode, procs, seconds, prefix)
+        gen = generate(binary, kind, procs, seconds, prefix)
         cpu1 = daemon.cpu_seconds()
         t1 = time.monotonic()
         expected = {p["comm"]: p["errors"] for p in gen["per_process"]}
@@ -95,14 +149,26 @@ def run_mode(binary, mode, procs, seconds, workdir, tag):
         cpu2 = daemon.cpu_seconds()
         t2 = time.monotonic()
         drops = {l.get("reason"): v for l, v in daemon.samples("errnomon_dropped_total") if v}
+        if events:
+            accounted = account_events(daemon, expected, errno, seq0, dropped0)
     finally:
         daemon.stop()
     exact = got == expected and gen["unexpected"] == 0
-    log("storm %-7s errnomon: %d errors, %.0f errors/s; errnomon counted %d (%s); daemon CPU %.2f%% of a core"
+    log("storm %-16s errnomon: %d errors, %.0f errors/s; errnomon counted %d (%s); daemon CPU %.2f%% of a core"
         % (mode, gen["errors"], gen["rate_per_s"], sum(got.values()), "exact" if exact else "MISMATCH",
            100 * (cpu1 - cpu0) / (t1 - t0)))
+    if accounted:
+        log("storm %-16s events: %d kept for the storm's comms + %d dropped (%s) = %d of %d errors (%s); "
+            "%d events of other processes in the window"
+            % (mode, accounted["kept"], accounted["dropped_total"],
+               ", ".join("%s %d" % kv for kv in sorted(accounted["dropped"].items())),
+               accounted["kept"] + accounted["dropped_total"], gen["errors"],
+               "every event accounted for" if accounted["ok"] else "MISMATCH", accounted["kept_other"]))
     return {
         "errno": errno, "op": op, "processes": procs, "seconds": seconds,
+        "events": {None: "as configured", True: "on", False: "off"}[events],
+        "config": os.path.basename(config),
+        "events_accounted": accounted,
         "bare": bare,
         "with_errnomon": gen,
         "rate_kept_under_errnomon": round(gen["rate_per_s"] / bare["rate_per_s"], 4) if bare["rate_per_s"] else None,
@@ -117,6 +183,30 @@ def run_mode(binary, mode, procs, seconds, workdir, tag):
     }
 
 
+def account_events(daemon, expected, errno, seq0, dropped0):
+    """The window's error events: those the daemon kept for the generators' comms (GET /errors after seq0),
+    and errnomon_events_dropped_total's growth by reason (the kernel counts every event it refused, whoever's:
+    another process's error in the window adds to it, and shows in kept_other). Every generated error must be
+    one or the other: kept + dropped == generated."""
+    view = errors_view(daemon, after=seq0, limit=errors_view(daemon, limit=1)["kept"] or 1)
+    rows = view["events"]
+    mine = [e for e in rows if e["comm"] in expected]
+    dropped1 = events_dropped(daemon)
+    dropped = {r: dropped1.get(r, 0) - dropped0.get(r, 0) for r in dropped1}
+    by_comm = {c: 0 for c in expected}
+    for e in mine:
+        by_comm[e["comm"]] += 1
+    generated = sum(expected.values())
+    # every event after seq0 still kept: none evicted from the log before it was counted
+    complete = not rows or rows[0]["seq"] == seq0 + 1
+    return {"kept": len(mine), "kept_by_comm": by_comm, "kept_other": len(rows) - len(mine),
+            "kept_wrong_errno": sum(1 for e in mine if e["errno"] != errno),
+            "dropped": dropped, "dropped_total": sum(dropped.values()),
+            "rate_limited": dropped.get("rate_limit", 0), "generated": generated,
+            "first_seq": seq0 + 1, "last_seq": view["last_seq"], "log_complete": complete,
+            "ok": complete and len(mine) + sum(dropped.values()) == generated}
+
+
 def run(out_dir, build_dir, seconds=10.0, refused_seconds=5.0, procs=None, cost_rounds=5, cost_seconds=2.0,
         round_quiet_wait=None):
     binary = compile_c("storm", build_dir)
@@ -124,8 +214,11 @@ def run(out_dir, build_dir, seconds=10.0, refused_seconds=5.0, procs=None, cost_
     workdir = os.path.join(out_dir, "work")
     tag = str(os.getpid() % 1000)  # distinct comms per run: a long-running daemon elsewhere cannot confuse them
     modes = {}
-    for mode, secs in (("epipe", seconds), ("refused", refused_seconds)):
-        modes[mode] = run_mode(binary, mode, procs, secs, workdir, tag)
+    bare = None
+    for mode, events in EPIPE_EVENTS:  # one bare run, the two daemons side by side against it
+        modes[mode] = run_mode(binary, mode, procs, seconds, workdir, tag, bare=bare, events=events)
+        bare = modes[mode]["bare"]
+    modes["refused"] = run_mode(binary, "refused", procs, refused_seconds, workdir, tag)
     highest = max(modes, key=lambda m: modes[m]["with_errnomon"]["rate_per_s"])
     checks = {}
     for mode, r in modes.items():
@@ -133,6 +226,11 @@ def run(out_dir, build_dir, seconds=10.0, refused_seconds=5.0, procs=None, cost_
             sum(r["counted"].values()), r["with_errnomon"]["errors"]), "budget": "equal", "ok": r["exact"]}
         checks["daemon_cpu_%s" % mode] = {"value": r["daemon_cpu_storm_fraction"], "budget": "< %.2f" % CPU_BUDGET,
                                           "ok": r["daemon_cpu_storm_fraction"] < CPU_BUDGET}
+        a = r["events_accounted"]
+        if a:
+            checks["events_accounted_%s" % mode] = {
+                "value": "%d kept + %d dropped / %d generated" % (a["kept"], a["dropped_total"], a["generated"]),
+                "budget": "equal", "ok": a["ok"]}
     cost = per_error_cost(out_dir, build_dir, rounds=cost_rounds, seconds=cost_seconds,
                           stats_seconds=max(0.5, cost_seconds / 2),
                           round_quiet_wait=round_quiet_wait) if cost_rounds else None
@@ -148,9 +246,9 @@ def run(out_dir, build_dir, seconds=10.0, refused_seconds=5.0, procs=None, cost_
 # put under #ifdef; an expression (which may sit inside another step's statement) becomes a macro.
 STEPS = (
     ("owner lookup", "BENCH_NO_OWNER",
-     "    o = owner_of(sk);\n    if (o) {\n        peer_from_owner(&key, o);\n    } else {\n"
-     "        peer_from_sock(&key, sk, family);\n    }\n",
-     "    o = 0;\n"),
+     "        o = owner_of(sk);\n        if (o)\n            peer_from_owner(&key, o);\n        else\n"
+     "            peer_from_sock(&key, sk, family);\n",
+     "        o = 0;\n"),
     ("comm and cgroup", "BENCH_NO_COMM_CGROUP",
      "    key_from_current(&key);\n",
      "    key.tgid = bpf_get_current_pid_tgid() >> 32;\n"),
@@ -158,6 +256,12 @@ STEPS = (
     ("map update", "BENCH_NO_COUNT", "count(&key, METRIC_SOCKET_ERRORS)", "(void)0"),
     ("SIGPIPE lookup", "BENCH_NO_SIGPIPE",
      "    if (op == OP_SEND && err == EPIPE)\n        sigpipe_after_epipe(&key);\n",
+     ""),
+    # events on as the daemon turns them on (common.errnomon_bpf writes event_interval_ns for events.rate): in a
+    # storm nearly every error takes event_begin's rate-limited branch (a settings lookup, the clock, the bucket,
+    # the drop count)
+    ("error event", "BENCH_NO_EVENT",
+     "        socket_event(EVENT_SOCKET_ERROR, &key, sk, o, (u32)bpf_get_current_pid_tgid());\n",
      ""),
 )
 COST_CONFIGS = ("bare", "empty-raw", "errnomon") + tuple("no " + s[0] for s in STEPS) + ("filter only",)

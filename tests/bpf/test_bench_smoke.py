@@ -64,7 +64,7 @@ def test_bench_quick(tmp_path, monkeypatch):
         assert c["server"]["socket_calls_per_request"] > 0, c  # every request is read and answered on a socket
 
     storm = load("storm")
-    for mode in ("epipe", "refused"):
+    for mode in ("epipe", "epipe_events_off", "refused"):
         m = storm["modes"][mode]
         gen = m["with_errnomon"]
         assert gen["errors"] > 0 and gen["unexpected"] == 0, (mode, gen)
@@ -74,13 +74,22 @@ def test_bench_quick(tmp_path, monkeypatch):
         assert m["exact"] is True
         for key in ("daemon_cpu_storm_fraction", "rate_kept_under_errnomon", "dropped"):
             assert key in m, key
+    assert storm["modes"]["epipe"]["events"] == "on" and storm["modes"]["epipe_events_off"]["events"] == "off"
+    assert storm["modes"]["epipe_events_off"]["bare"] == storm["modes"]["epipe"]["bare"]  # side by side, one bare run
+    # every error of the events-on storm is an event the daemon kept or one the kernel counted as refused
+    ev = storm["modes"]["epipe"]["events_accounted"]
+    assert ev["log_complete"] and ev["kept_wrong_errno"] == 0, ev
+    assert ev["kept"] + ev["dropped_total"] == storm["modes"]["epipe"]["with_errnomon"]["errors"], ev
+    assert ev["kept"] > 0 and ev["rate_limited"] > 0, ev  # a storm outruns events.rate: both branches ran
+    assert storm["checks"]["events_accounted_epipe"]["ok"]
     assert storm["highest_rate_per_s"] > 0
     cost = storm["per_error_cost"]
     for config in cost["configs"]:
         assert cost["results"][config]["rates"][0] > 0, config
         if config != "bare":
             assert cost["results"][config]["program_ns_per_run"][0] > 0, config  # the kernel counted its runs
-    assert set(cost["steps"]) == {"owner lookup", "comm and cgroup", "sendfile check", "map update", "SIGPIPE lookup"}
+    assert set(cost["steps"]) == {"owner lookup", "comm and cgroup", "sendfile check", "map update", "SIGPIPE lookup",
+                                  "error event"}
 
     scrape = load("scrape")
     for n in ("1000", "10000"):
@@ -109,7 +118,8 @@ def test_bench_quick(tmp_path, monkeypatch):
     # an idle daemon may not wake at all in a 2 s window: its CPU can be exactly 0
     assert all(len(r["samples"]) == 1 and r["samples"][0]["seconds"] >= 2.0 and r["cpu_fraction_median"] >= 0
                for r in busy["table"]), busy["table"]
-    assert len(busy["checks"]) == 2
+    assert set(busy["checks"]) == {"idle CPU over the idle host, " + c
+                                   for c in ("+50 processes", "+5 netns, before", "+5 netns, after")}
 
     memory = load("memory")
     (run,) = memory["runs"]
