@@ -2,8 +2,9 @@
 
 The programs put one record on the `events` ring for every socket error, reset and failed connect they count
 (rate-limited in the kernel: events.rate). Here a record becomes a dict of the /errors schema, with the same
-extra labels the metrics carry (pid, unit, pod: from the cgroup, by the aggregator's resolvers) and an
-explanation from RULES, and the last events.keep of them are kept for GET /errors and its filters.
+extra labels the metrics carry (pid, unit, pod: from the cgroup, by the aggregator's resolvers), the other end
+when it is on this host (Peers: its reset_sent joined by the connection), and an explanation from RULES, and the
+last events.keep of them are kept for GET /errors and its filters.
 """
 
 import collections
@@ -100,7 +101,8 @@ def _seconds(value):
 
 # One entry per rule, tried in order: the first whose `when` holds explains the event. `facts`: the event fields
 # the rule reads (docs/errors.md lists them). `says` is formatted with the event's fields and these helpers:
-# {idle} the silence before it (idle_recv_s), {fin_before} fin_before_s, {peer} remote:remote_port.
+# {idle} the silence before it (idle_recv_s), {fin_before} fin_before_s, {peer} remote:remote_port, {reset_by}
+# who on this host reset the connection (the event's peer, see Peers).
 IDLE_TIMEOUT_MIN_S = 1.0   # a reset that answers the first send after at least this long a silence
 ANSWERED_SEND_S = 1.0      # ... sent at most this long before the reset
 RESET_STATES = ("ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2")
@@ -119,6 +121,10 @@ RULES = (
          lambda e: e["kind"] in ("reset_received", "socket_error") and e["fin_received"],
          "peer had closed {fin_before} s earlier: a stale keep-alive connection (the peer's idle timeout is "
          "shorter than ours; reused after its FIN)"),
+    Rule("reset_by_host_peer", ("kind", "errno", "peer"),
+         lambda e: e["peer"] is not None and (e["kind"] == "reset_received"
+                                              or e["kind"] == "socket_error" and e["errno"] in PEER_ERRNOS),
+         "{reset_by}"),
     Rule("idle_timeout", ("kind", "errno", "state", "idle_recv_s", "idle_send_s"),
          lambda e: (e["kind"] == "reset_received" and e["state"] in RESET_STATES
                     or e["kind"] == "socket_error" and e["errno"] in ("ECONNRESET", "EPIPE"))
@@ -155,6 +161,35 @@ RULES = (
 )
 
 
+# What the kernel's reset reasons (tcp_send_reset, 6.10+) mean, said of the end that sent the reset.
+RESET_REASON_TEXT = {
+    "NO_SOCKET": "no socket for it",
+    "TCP_ABORT_ON_CLOSE": "it closed the connection with data unread",
+    "TCP_ABORT_ON_DATA": "data arrived after it had closed",
+    "TCP_ABORT_ON_LINGER": "its FIN_WAIT2 linger time ran out",
+    "TCP_ABORT_ON_MEMORY": "out of memory for orphaned sockets",
+    "TCP_DISCONNECT_WITH_DATA": "it disconnected with data unread",
+    "TCP_KEEPALIVE_TIMEOUT": "its keep-alive probes went unanswered",
+    "TCP_STATE": "it aborted the connection, e.g. a close with SO_LINGER 0",
+    "TCP_TIMEWAIT_SOCKET": "a segment for a connection in TIME_WAIT",
+}
+
+
+def reset_by(peer):
+    """Who on this host reset the connection, and the reason the kernel gave: a peer of Peers."""
+    reason = peer["reason"]
+    text = RESET_REASON_TEXT.get(reason, "")
+    if peer["comm"]:
+        who = "reset by %s[%d] on this host" % (peer["comm"], peer["pid"])
+    else:
+        who = "reset by this host's kernel"  # no process context: a segment for no socket, a time-wait socket
+        if text and reason in ("NO_SOCKET", "TCP_TIMEWAIT_SOCKET"):
+            return "%s: %s" % (who, text)
+    if not reason:
+        return who
+    return "%s (%s: %s)" % (who, reason, text) if text else "%s (%s)" % (who, reason)
+
+
 def explain(event):
     """The sentence of the first rule that holds for the event (a dict of the /errors schema)."""
     for rule in RULES:
@@ -166,10 +201,13 @@ def explain(event):
 def format_rule(rule, event):
     remote = event["remote"]
     host = "[%s]" % remote if ":" in remote else remote or "?"
-    return rule.says.format(
+    fields = dict(event)
+    fields.update(  # {peer} in a rule's text is the remote end's address, not the event's peer field
         peer="%s:%d" % (host, event["remote_port"]) if event["remote_port"] else host,
         idle=_seconds(event["idle_recv_s"] or 0.0), fin_before=_seconds(event["fin_before_s"] or 0.0),
-        reason_text=(" (%s)" % event["reason"]) if event["reason"] else "", **event)
+        reset_by=reset_by(event["peer"]) if event.get("peer") else "",
+        reason_text=(" (%s)" % event["reason"]) if event["reason"] else "")
+    return rule.says.format(**fields)
 
 
 # ---- decoding ----
@@ -205,7 +243,7 @@ class Decoder:
         fin_seen = ev.fin_ns != 0 and ev.fin_ns <= ev.ktime_ns
         fin = fin_seen or state in FIN_STATES
         return {
-            "time": round(at + wall_minus_mono, 6), "kind": kind, "pid": ev.tgid, "tid": ev.tid,
+            "time": round(at + wall_minus_mono, 6), "ktime_s": at, "kind": kind, "pid": ev.tgid, "tid": ev.tid,
             "comm": ev.comm.decode("utf-8", "replace"), "cgroup": ev.cgroup,
             "op": OPS.get(ev.op, "") if kind in ("socket_error", "connect_failed") else "",
             "errno": errno, "reason": reason, "family": FAMILIES.get(ev.family, ""),
@@ -235,7 +273,8 @@ class Decoder:
 
 FIELDS = ("seq", "time", "kind", "pid", "tid", "comm", "labels", "op", "errno", "reason", "family", "local",
           "local_port", "remote", "remote_port", "port", "state", "age_s", "idle_send_s", "idle_recv_s",
-          "bytes_sent", "bytes_received", "retrans", "srtt_ms", "fin_received", "fin_before_s", "explanation")
+          "bytes_sent", "bytes_received", "retrans", "srtt_ms", "fin_received", "fin_before_s", "peer",
+          "explanation")
 # An event is kept as a tuple of these (the explanation is made when it is served): a dict of them took 1.6 KiB,
 # 15 MiB for the default events.keep; the tuple, its strings interned and its labels shared, about a third.
 STORED = FIELDS[:-1]
@@ -243,6 +282,79 @@ AT = {name: i for i, name in enumerate(STORED)}
 _INTERNED = tuple(AT[name] for name in ("kind", "comm", "op", "errno", "reason", "family", "local", "remote",
                                           "state"))
 LABEL_CACHE = 1024  # owners whose labels are shared between their events
+
+
+# ---- the other end, when it is on this host ----
+
+PEER_ERRNOS = ("ECONNRESET", "EPIPE")  # the socket errors a reset leads to
+PEERS_KEEP = 4096    # resets sent that Peers remembers ...
+PEERS_AGE_S = 10.0   # ... for this long
+AGE_ROUNDING_S = 0.001  # age_s is rounded to milliseconds
+RESET_DELIVERY_S = 1.0  # a reset this host sent reaches its other end on this host within this (microseconds)
+
+
+class Peers:
+    """Resets this host sent, by connection, to name the other end of a connection this host was reset on.
+
+    On one host the sender's reset_sent comes on the ring just before the receiver's reset_received, with the
+    4-tuple reversed; the receiver's application reads its ECONNRESET or EPIPE (socket_error) later. An event
+    of either kind whose reversed 4-tuple this remembers gets the sender as "peer": its pid, comm, labels and
+    the kernel's reason; else (the reset came from another host or a middlebox, the rate limit dropped the
+    reset_sent, or it is older than PEERS_AGE_S) "peer" is None. Never a wrong one: a reset_received takes a
+    reset_sent at most RESET_DELIVERY_S older that no reset_received took yet, and neither joins a reset sent
+    before its connection was established (its age_s) or after the event. Events of sockets in different
+    network namespaces with the same 4-tuple within those bounds cannot be told apart (events carry no
+    namespace)."""
+
+    def __init__(self, keep=PEERS_KEEP, age=PEERS_AGE_S):
+        self.keep, self.age = keep, age
+        # (family, local, local_port, remote, remote_port) of the sender -> [ktime_s, peer, taken by a reset]
+        self.sent = collections.OrderedDict()
+
+    def __call__(self, e, at):
+        """Sets e["peer"]; e: an event of the /errors schema with its labels, at: its kernel time (s)."""
+        e["peer"] = None
+        kind = e["kind"]
+        if kind == "reset_sent":
+            self._forget(at)
+            key = _connection(e["family"], e["local"], e["local_port"], e["remote"], e["remote_port"])
+            if key is not None:
+                self.sent.pop(key, None)
+                self.sent[key] = [at, {"pid": e["pid"], "comm": e["comm"], "labels": e["labels"],
+                                       "reason": e["reason"]}, False]
+                while len(self.sent) > self.keep:
+                    self.sent.popitem(last=False)
+            return
+        if kind != "reset_received" and not (kind == "socket_error" and e["errno"] in PEER_ERRNOS):
+            return
+        key = _connection(e["family"], e["remote"], e["remote_port"], e["local"], e["local_port"])
+        sent = self.sent.get(key) if key is not None else None
+        if sent is None:
+            return
+        sent_at, peer, taken = sent
+        if at - sent_at > self.age:
+            del self.sent[key]
+            return
+        if at < sent_at or e["age_s"] is not None and sent_at < at - e["age_s"] - AGE_ROUNDING_S:
+            return  # a reset of an earlier connection with this 4-tuple, or not this event's
+        if kind == "reset_received":
+            if taken or at - sent_at > RESET_DELIVERY_S:
+                return
+            sent[2] = True
+        e["peer"] = peer
+
+    def _forget(self, now):
+        while self.sent:
+            oldest = next(iter(self.sent.values()))
+            if now - oldest[0] <= self.age:
+                break
+            self.sent.popitem(last=False)
+
+
+def _connection(family, local, local_port, remote, remote_port):
+    if not (family and local and local_port and remote and remote_port):
+        return None  # not a whole 4-tuple: nothing to join by
+    return family, local, local_port, remote, remote_port
 
 
 class EventLog:
@@ -258,6 +370,7 @@ class EventLog:
         self.labels = labels or (lambda cgroup, pid: {})
         self.dropped = dropped or (lambda: {reason: 0 for reason in abi.EVENT_DROP_REASONS})
         self._labels = {}  # (cgroup, pid) -> the labels dict its events share (never changed once made)
+        self.peers = Peers()
 
     @property
     def keep(self):
@@ -280,10 +393,11 @@ class EventLog:
         return labels
 
     def add(self, decoded):
-        """decoded: dicts from Decoder; numbered and labelled here."""
+        """decoded: dicts from Decoder, in the ring's order; numbered, labelled and joined to their peers here."""
         rows = []
         for e in decoded:
             e["labels"] = self._labels_of(e.pop("cgroup"), e["pid"])
+            self.peers(e, e.pop("ktime_s"))
             e["seq"] = 0
             row = [e[name] for name in STORED]
             for i in _INTERNED:
