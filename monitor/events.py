@@ -290,19 +290,22 @@ PEER_ERRNOS = ("ECONNRESET", "EPIPE")  # the socket errors a reset leads to
 PEERS_KEEP = 4096    # resets sent that Peers remembers ...
 PEERS_AGE_S = 10.0   # ... for this long
 AGE_ROUNDING_S = 0.001  # age_s is rounded to milliseconds
-RESET_DELIVERY_S = 1.0  # a reset this host sent reaches its other end on this host within this (microseconds)
+RESET_DELIVERY_S = 0.1  # a reset this host sent reaches its other end on this host within this (microseconds)
 
 
 class Peers:
     """Resets this host sent, by connection, to name the other end of a connection this host was reset on.
 
-    On one host the sender's reset_sent comes on the ring just before the receiver's reset_received, with the
-    4-tuple reversed; the receiver's application reads its ECONNRESET or EPIPE (socket_error) later. An event
-    of either kind whose reversed 4-tuple this remembers gets the sender as "peer": its pid, comm, labels and
-    the kernel's reason; else (the reset came from another host or a middlebox, the rate limit dropped the
-    reset_sent, or it is older than PEERS_AGE_S) "peer" is None. Never a wrong one: a reset_received takes a
-    reset_sent at most RESET_DELIVERY_S older that no reset_received took yet, and neither joins a reset sent
-    before its connection was established (its age_s) or after the event. Events of sockets in different
+    On one host the sender's reset_sent and the receiver's reset_received come on the ring microseconds apart,
+    with the 4-tuple reversed, in either order: a reset for a segment (tcp_v4_send_reset) is traced before it
+    is sent, an aborting close's (tcp_send_active_reset) after, when loopback has already delivered it and the
+    receiver's application may already have read its ECONNRESET. The application may also read its error
+    (socket_error ECONNRESET or EPIPE) much later. An event of either kind gets the sender as "peer" (its pid,
+    comm, labels and the kernel's reason) when it follows a reset_sent of its reversed 4-tuple by at most
+    PEERS_AGE_S, or precedes one by at most RESET_DELIVERY_S; else (the reset came from another host or a
+    middlebox, the rate limit dropped the reset_sent, or it is older) "peer" is None. Never a wrong one: a
+    reset_received takes only a reset_sent at most RESET_DELIVERY_S from it that no reset_received took yet,
+    and no event joins a reset sent before its connection was established (its age_s). Sockets in different
     network namespaces with the same 4-tuple within those bounds cannot be told apart (events carry no
     namespace)."""
 
@@ -310,45 +313,71 @@ class Peers:
         self.keep, self.age = keep, age
         # (family, local, local_port, remote, remote_port) of the sender -> [ktime_s, peer, taken by a reset]
         self.sent = collections.OrderedDict()
+        # the receiver's events that found no reset sent yet, by the sender's 4-tuple -> [(ktime_s, event)]
+        self.waiting = collections.OrderedDict()
 
     def __call__(self, e, at):
-        """Sets e["peer"]; e: an event of the /errors schema with its labels, at: its kernel time (s)."""
+        """Sets e["peer"]; e: an event of the /errors schema with its labels and seq, at: its kernel time (s).
+        Returns the earlier events (dicts) this one is the peer of: a reset_sent traced after its delivery."""
         e["peer"] = None
         kind = e["kind"]
         if kind == "reset_sent":
-            self._forget(at)
-            key = _connection(e["family"], e["local"], e["local_port"], e["remote"], e["remote_port"])
-            if key is not None:
-                self.sent.pop(key, None)
-                self.sent[key] = [at, {"pid": e["pid"], "comm": e["comm"], "labels": e["labels"],
-                                       "reason": e["reason"]}, False]
-                while len(self.sent) > self.keep:
-                    self.sent.popitem(last=False)
-            return
+            return self._sent(e, at)
         if kind != "reset_received" and not (kind == "socket_error" and e["errno"] in PEER_ERRNOS):
-            return
+            return ()
         key = _connection(e["family"], e["remote"], e["remote_port"], e["local"], e["local_port"])
-        sent = self.sent.get(key) if key is not None else None
-        if sent is None:
-            return
-        sent_at, peer, taken = sent
-        if at - sent_at > self.age:
+        if key is None:
+            return ()
+        sent = self.sent.get(key)
+        if sent is not None and at - sent[0] > self.age:
             del self.sent[key]
-            return
-        if at < sent_at or e["age_s"] is not None and sent_at < at - e["age_s"] - AGE_ROUNDING_S:
-            return  # a reset of an earlier connection with this 4-tuple, or not this event's
-        if kind == "reset_received":
-            if taken or at - sent_at > RESET_DELIVERY_S:
-                return
-            sent[2] = True
-        e["peer"] = peer
+            sent = None
+        if sent is not None and self._joins(e, at, sent):
+            e["peer"] = sent[1]
+        else:
+            self._forget(self.waiting, at, RESET_DELIVERY_S, lambda events: events[-1][0])
+            self.waiting.setdefault(key, []).append((at, e))
+            self.waiting.move_to_end(key)
+            while len(self.waiting) > self.keep:
+                self.waiting.popitem(last=False)
+        return ()
 
-    def _forget(self, now):
-        while self.sent:
-            oldest = next(iter(self.sent.values()))
-            if now - oldest[0] <= self.age:
-                break
+    def _sent(self, e, at):
+        self._forget(self.sent, at, self.age)
+        key = _connection(e["family"], e["local"], e["local_port"], e["remote"], e["remote_port"])
+        if key is None:
+            return ()
+        self.sent.pop(key, None)
+        sent = self.sent[key] = [at, {"pid": e["pid"], "comm": e["comm"], "labels": e["labels"],
+                                      "reason": e["reason"]}, False]
+        while len(self.sent) > self.keep:
             self.sent.popitem(last=False)
+        joined = []
+        for then, earlier in self.waiting.pop(key, ()):
+            if at - then <= RESET_DELIVERY_S and self._joins(earlier, at, sent, before=True):
+                earlier["peer"] = sent[1]
+                joined.append(earlier)
+        return joined
+
+    @staticmethod
+    def _joins(e, at, sent, before=False):
+        """Whether the receiver's event e (at: its time) is of this reset sent (before: e came first)."""
+        sent_at = sent[0]
+        if not before and at < sent_at:
+            return False
+        if e["age_s"] is not None and sent_at < at - e["age_s"] - AGE_ROUNDING_S:
+            return False  # a reset of an earlier connection with this 4-tuple
+        if e["kind"] == "reset_received":
+            if sent[2] or abs(at - sent_at) > RESET_DELIVERY_S:
+                return False
+            sent[2] = True
+        return True
+
+    @staticmethod
+    def _forget(table, now, age, time_of=lambda entry: entry[0]):
+        """Drops the entries older than age from the front of table (the least recently set first)."""
+        while table and now - time_of(next(iter(table.values()))) > age:
+            table.popitem(last=False)
 
 
 def _connection(family, local, local_port, remote, remote_port):
@@ -393,21 +422,27 @@ class EventLog:
         return labels
 
     def add(self, decoded):
-        """decoded: dicts from Decoder, in the ring's order; numbered, labelled and joined to their peers here."""
-        rows = []
-        for e in decoded:
+        """decoded: dicts from Decoder, in the ring's order; numbered, labelled and joined to their peers here.
+        Only the main loop adds: the numbers are given before the lock is taken."""
+        rows, late = [], []
+        for i, e in enumerate(decoded):
             e["labels"] = self._labels_of(e.pop("cgroup"), e["pid"])
-            self.peers(e, e.pop("ktime_s"))
-            e["seq"] = 0
+            e["seq"] = self.seq + 1 + i
+            late.extend(earlier for earlier in self.peers(e, e.pop("ktime_s")) if earlier["seq"] <= self.seq)
+        for e in decoded:
             row = [e[name] for name in STORED]
             for i in _INTERNED:
                 row[i] = sys.intern(row[i])
-            rows.append(row)
+            rows.append(tuple(row))
         with self.lock:
             for row in rows:
-                self.seq += 1
-                row[0] = self.seq
-                self.events.append(tuple(row))
+                self.events.append(row)
+            self.seq += len(rows)
+            for e in late:  # an event of an earlier batch, kept already: its peer came in this one
+                at = e["seq"] - self.events[0][0] if self.events else -1
+                if 0 <= at < len(self.events) and self.events[at][0] == e["seq"]:
+                    row = self.events[at]
+                    self.events[at] = row[:AT["peer"]] + (e["peer"],) + row[AT["peer"] + 1:]
 
     def query(self, f):
         """The /errors answer for a Filter."""

@@ -498,3 +498,44 @@ def test_peer_of_kernel_resets_says_so():
                                             reason="TCP_TIMEWAIT_SOCKET", state="TIME_WAIT"),
                                 reset_event("reset_received", 10.0001)])
     assert got[1] == ("reset_received", {"pid": 0, "comm": "", "labels": {}, "reason": "TCP_TIMEWAIT_SOCKET"})
+
+
+def test_peer_traced_after_its_delivery():
+    # an aborting close's reset is traced after loopback delivered it: the receiver's events come first
+    got = peers_of(peer_log(), [reset_event("reset_received", 10.0), reset_event("reset_sent", 10.00003)],
+                   [reset_event("socket_error", 12.0, errno="ECONNRESET")])
+    assert got == [("reset_received", SRV_PEER), ("reset_sent", None), ("socket_error", SRV_PEER)]
+    # across two reads of the ring: the event already kept gets its peer
+    log = peer_log()
+    got = peers_of(log, [reset_event("reset_received", 10.0, age_s=2.0),
+                         reset_event("socket_error", 10.00001, errno="ECONNRESET", op="recv")],
+                   [reset_event("reset_sent", 10.00003)])
+    assert got == [("reset_received", SRV_PEER), ("socket_error", SRV_PEER), ("reset_sent", None)]
+    assert log.query(events.parse_filters("limit=1&comm=cli", log.keep))["events"][0]["explanation"].startswith(
+        "reset by srv[4321] on this host")
+    # ... but not after the delivery time, nor for another connection, nor twice
+    got = peers_of(peer_log(), [reset_event("reset_received", 10.0), reset_event("reset_sent", 10.2)])
+    assert got == [("reset_received", None), ("reset_sent", None)]
+    got = peers_of(peer_log(), [reset_event("reset_received", 10.0, receiver=("127.0.0.1", 50001)),
+                                reset_event("reset_sent", 10.00003)])
+    assert got == [("reset_received", None), ("reset_sent", None)]
+    got = peers_of(peer_log(), [reset_event("reset_received", 10.0), reset_event("reset_sent", 10.00003),
+                                reset_event("reset_received", 10.00005)])
+    assert got == [("reset_received", SRV_PEER), ("reset_sent", None), ("reset_received", None)]
+
+
+def test_waiting_events_are_bounded():
+    log = events.EventLog(100)
+    log.peers = events.Peers(keep=2)
+    clients = [("127.0.0.1", 40000 + i) for i in range(3)]
+    log.add([reset_event("reset_received", 10.0, receiver=c) for c in clients])
+    assert len(log.peers.waiting) == 2
+    log.add([reset_event("reset_sent", 10.00003, receiver=c) for c in clients])
+    got = [e["peer"] is not None for e in log.query(events.parse_filters("comm=cli", log.keep))["events"]]
+    assert got == [False, True, True]
+    # and the kept events that went out of the log are not patched
+    log = events.EventLog(1)
+    log.add([reset_event("reset_received", 10.0)])
+    log.add([reset_event("socket_error", 10.00001, errno="ECONNRESET"), reset_event("reset_sent", 10.00003)])
+    assert [(e["kind"], e["peer"]) for e in log.query(events.parse_filters("", 1))["events"]] == \
+        [("reset_sent", None)]
