@@ -339,11 +339,12 @@ def _unread_server(report):
     conn.close()
 
 
-def _unread_client(report):
-    s = socket.create_connection(("127.0.0.1", UNREAD_PORT), timeout=10)
-    s.sendall(b"u" * UNREAD)
-    report(sent=UNREAD, local_port=s.getsockname()[1])
-    time.sleep(0.5)  # the parent kills the server meanwhile
+def _send_then_recv(report, port, n, wait):
+    """Sends n bytes, waits while the server goes away without reading them, then recv()s."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"u" * n)
+    report(sent=n, local_port=s.getsockname()[1])
+    time.sleep(wait)
     report(recv=_errno_of(s.recv, 10))
     s.close()
 
@@ -351,7 +352,7 @@ def _unread_client(report):
 def test_peer_killed_with_unread_data(why):
     srv = Child("wy_ud_srv", _unread_server)
     assert srv.next()["listening"]
-    cli = Child("wy_ud_cli", _unread_client)
+    cli = Child("wy_ud_cli", _send_then_recv, UNREAD_PORT, UNREAD, 0.5)  # the test kills the server meanwhile
     assert srv.next()["accepted"]
     c = cli.next()
     time.sleep(0.1)  # the bytes are in the server's receive queue
@@ -402,19 +403,10 @@ def _partial_reader(report):
     ls.close()
 
 
-def _reset_client(report):
-    s = socket.create_connection(("127.0.0.1", PEER_PORT), timeout=10)
-    s.sendall(b"p" * PEER_SENT)
-    report(local_port=s.getsockname()[1])
-    time.sleep(1.0)  # the server closes meanwhile
-    report(recv=_errno_of(s.recv, 10))
-    s.close()
-
-
 def test_peer_on_this_host_is_named(why):
     srv = Child("pj_rs_srv", _partial_reader)
     assert srv.next()["listening"]
-    cli = Child("pj_rs_cli", _reset_client)
+    cli = Child("pj_rs_cli", _send_then_recv, PEER_PORT, PEER_SENT, 1.0)  # the server closes meanwhile
     c = cli.next()
     r = srv.next()
     assert (r["read"], r["unread"]) == (PEER_READ, PEER_SENT - PEER_READ)
@@ -457,6 +449,25 @@ def test_peer_beyond_this_host_is_null(why):
     # the server's FIN at its close meets the same rule: its reset, too, came from the router
     (srv_reset,) = wait_events(why, srv, 1)
     assert (srv_reset["kind"], srv_reset["pid"], srv_reset["peer"]) == ("reset_received", r["pids"]["srv"], None)
+
+
+def test_peer_of_a_reset_for_no_socket_is_null(why):
+    """The server namespace forgets the connection (its aborting close's RST dropped on the way out), then
+    answers the client's next segment with a reset for no socket. Its dropped TCP_STATE reset has the
+    connection's 4-tuple but never arrived, and a NO_SOCKET reset's event carries no 4-tuple: no peer."""
+    from . import net_scenarios
+    r = net_scenarios.peer_reboot("pjrb")
+    assert r["errnos"]["cli"] == ["ECONNRESET"]
+    cli, srv = r["comms"]["cli"], r["comms"]["srv"]
+    (sent,) = wait_events(why, srv, 1)  # the dropped one
+    reason = kernel_reset_reason("TCP_STATE")
+    assert (sent["kind"], sent["reason"], sent["pid"], sent["remote_port"]) == \
+        ("reset_sent", "" if reason == "unknown" else reason, r["pids"]["srv"], r["info"]["cli"]["local_port"])
+    events = by_kind(wait_events(why, cli, 2))
+    (reset,), (error,) = events["reset_received"], events["socket_error"]
+    assert (reset["pid"], reset["local_port"], error["errno"]) == \
+        (r["pids"]["cli"], r["info"]["cli"]["local_port"], "ECONNRESET")
+    assert reset["peer"] is None and error["peer"] is None, (reset, error)
 
 
 # ---- (d) the rate limit: every error counted, every event kept or counted as dropped ----
