@@ -451,10 +451,10 @@ def test_peer_beyond_this_host_is_null(why):
     assert (srv_reset["kind"], srv_reset["pid"], srv_reset["peer"]) == ("reset_received", r["pids"]["srv"], None)
 
 
-def test_peer_of_a_reset_for_no_socket_is_null(why):
+def test_peer_of_a_reset_for_no_socket_is_the_kernel(why):
     """The server namespace forgets the connection (its aborting close's RST dropped on the way out), then
-    answers the client's next segment with a reset for no socket. Its dropped TCP_STATE reset has the
-    connection's 4-tuple but never arrived, and a NO_SOCKET reset's event carries no 4-tuple: no peer."""
+    answers the client's next segment with a reset for no socket: that one, not the dropped one, reset the
+    client, and no process sent it."""
     from . import net_scenarios
     r = net_scenarios.peer_reboot("pjrb")
     assert r["errnos"]["cli"] == ["ECONNRESET"]
@@ -467,7 +467,9 @@ def test_peer_of_a_reset_for_no_socket_is_null(why):
     (reset,), (error,) = events["reset_received"], events["socket_error"]
     assert (reset["pid"], reset["local_port"], error["errno"]) == \
         (r["pids"]["cli"], r["info"]["cli"]["local_port"], "ECONNRESET")
-    assert reset["peer"] is None and error["peer"] is None, (reset, error)
+    peer = {"pid": 0, "comm": "", "labels": {}, "reason": "NO_SOCKET"}
+    assert reset["peer"] == error["peer"] == peer, (reset, error)
+    assert reset["explanation"] == error["explanation"] == "reset by this host's kernel: no socket for it"
 
 
 # ---- (d) the rate limit: every error counted, every event kept or counted as dropped ----
