@@ -451,27 +451,6 @@ def test_peer_beyond_this_host_is_null(why):
     assert (srv_reset["kind"], srv_reset["pid"], srv_reset["peer"]) == ("reset_received", r["pids"]["srv"], None)
 
 
-def test_peer_of_a_reset_for_no_socket_is_the_kernel(why):
-    """The server namespace forgets the connection (its aborting close's RST dropped on the way out), then
-    answers the client's next segment with a reset for no socket: that one, not the dropped one, reset the
-    client, and no process sent it."""
-    from . import net_scenarios
-    r = net_scenarios.peer_reboot("pjrb")
-    assert r["errnos"]["cli"] == ["ECONNRESET"]
-    cli, srv = r["comms"]["cli"], r["comms"]["srv"]
-    (sent,) = wait_events(why, srv, 1)  # the dropped one
-    reason = kernel_reset_reason("TCP_STATE")
-    assert (sent["kind"], sent["reason"], sent["pid"], sent["remote_port"]) == \
-        ("reset_sent", "" if reason == "unknown" else reason, r["pids"]["srv"], r["info"]["cli"]["local_port"])
-    events = by_kind(wait_events(why, cli, 2))
-    (reset,), (error,) = events["reset_received"], events["socket_error"]
-    assert (reset["pid"], reset["local_port"], error["errno"]) == \
-        (r["pids"]["cli"], r["info"]["cli"]["local_port"], "ECONNRESET")
-    peer = {"pid": 0, "comm": "", "labels": {}, "reason": "NO_SOCKET"}
-    assert reset["peer"] == error["peer"] == peer, (reset, error)
-    assert reset["explanation"] == error["explanation"] == "reset by this host's kernel: no socket for it"
-
-
 # ---- (d) the rate limit: every error counted, every event kept or counted as dropped ----
 
 STORM = 400
