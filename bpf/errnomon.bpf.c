@@ -1256,6 +1256,17 @@ RAW_TRACEPOINT_PROBE(tcp_receive_reset)
 #define TCPHDR_SYN 0x02
 #define TCPHDR_ACK 0x10
 
+#if defined(OFF_SK_BUFF_HEAD) && defined(OFF_SK_BUFF_NETWORK_HEADER) && defined(OFF_SK_BUFF_TRANSPORT_HEADER)
+/* The segment's buffer and its network and transport header offsets in it; 0 when not set. */
+static __always_inline int segment_headers(void *skb, void **head, u16 *nh, u16 *th)
+{
+    bpf_probe_read_kernel(head, sizeof(*head), skb + OFF_SK_BUFF_HEAD);
+    bpf_probe_read_kernel(nh, sizeof(*nh), skb + OFF_SK_BUFF_NETWORK_HEADER);
+    bpf_probe_read_kernel(th, sizeof(*th), skb + OFF_SK_BUFF_TRANSPORT_HEADER);
+    return *head && *nh != 0xffff && *th != 0xffff;
+}
+#endif
+
 /* Remote address and service port from the segment a reset answers: skb->head + network/transport header.
  * *tcp_flags: the segment's flags byte. */
 static __always_inline int peer_from_segment(struct errnomon_key *key, void *skb, u8 *tcp_flags)
@@ -1265,10 +1276,7 @@ static __always_inline int peer_from_segment(struct errnomon_key *key, void *skb
     u16 nh = 0, th = 0, ports[2] = {};
     u8 version = 0, flags = 0;
 
-    bpf_probe_read_kernel(&head, sizeof(head), skb + OFF_SK_BUFF_HEAD);
-    bpf_probe_read_kernel(&nh, sizeof(nh), skb + OFF_SK_BUFF_NETWORK_HEADER);
-    bpf_probe_read_kernel(&th, sizeof(th), skb + OFF_SK_BUFF_TRANSPORT_HEADER);
-    if (!head || nh == 0xffff || th == 0xffff)
+    if (!segment_headers(skb, &head, &nh, &th))
         return 0;
     bpf_probe_read_kernel(&version, 1, head + nh);
     version >>= 4;
@@ -1294,6 +1302,43 @@ static __always_inline int peer_from_segment(struct errnomon_key *key, void *skb
 #else
     return 0;
 #endif
+}
+
+/* A reset's event without a full socket to read (a listener's, or for no socket): the connection's addresses
+ * and ports from the segment it answers, whose destination is this host, so that the daemon can join the
+ * event to the reset its other end receives when that end is on this host too. */
+static __always_inline void event_segment(struct errnomon_event *e, void *skb)
+{
+#if defined(OFF_SK_BUFF_HEAD) && defined(OFF_SK_BUFF_NETWORK_HEADER) && defined(OFF_SK_BUFF_TRANSPORT_HEADER)
+    void *head = 0;
+    u16 nh = 0, th = 0, ports[2] = {};
+
+    if (!segment_headers(skb, &head, &nh, &th))
+        return;
+    if (e->family == AF_INET)
+        bpf_probe_read_kernel(e->local, 4, head + nh + 16);  /* iphdr.daddr */
+    else if (e->family == AF_INET6)
+        bpf_probe_read_kernel(e->local, 16, head + nh + 24); /* ipv6hdr.daddr */
+    else
+        return;
+    bpf_probe_read_kernel(ports, sizeof(ports), head + th);   /* tcphdr.source, dest */
+    e->remote_port = ntohs(ports[0]);
+    e->local_port = ntohs(ports[1]);
+#endif
+}
+
+/* A reset sent: its facts from the socket when it has a full one, else from the segment it answers. */
+static __always_inline void reset_sent_event(struct errnomon_key *key, void *sk, struct errnomon_owner *o,
+                                             void *skb)
+{
+    struct errnomon_event *e = event_begin(EVENT_RESET_SENT, key);
+    if (!e)
+        return;
+    if (sk)
+        event_socket(e, sk, o);
+    else if (skb)
+        event_segment(e, skb);
+    event_submit(e);
 }
 
 #ifdef HAVE_tcp__tcp_send_reset
@@ -1332,7 +1377,7 @@ RAW_TRACEPOINT_PROBE(tcp_send_reset)
 #endif
     count(&key, METRIC_TCP_RESETS_SENT);
     /* a listener's or time-wait socket's own addresses are not the connection's: the segment's peer only */
-    socket_event(EVENT_RESET_SENT, &key, state == TCP_LISTEN ? 0 : sk, o, 0);
+    reset_sent_event(&key, state == TCP_LISTEN ? 0 : sk, o, skb);
     return 0;
 }
 #endif
@@ -1601,7 +1646,7 @@ static __always_inline int reset_without_full_socket(void *sk, void *skb)
     key.state = state;
     key.code = !sk ? RESET_REASON_NO_SOCKET : state == TCP_TIME_WAIT ? RESET_REASON_TIMEWAIT_SOCKET : 0;
     count(&key, METRIC_TCP_RESETS_SENT);
-    socket_event(EVENT_RESET_SENT, &key, sk, 0, 0);
+    reset_sent_event(&key, sk, 0, skb);
     return 0;
 }
 

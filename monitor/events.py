@@ -2,8 +2,9 @@
 
 The programs put one record on the `events` ring for every socket error, reset and failed connect they count
 (rate-limited in the kernel: events.rate). Here a record becomes a dict of the /errors schema, with the same
-extra labels the metrics carry (pid, unit, pod: from the cgroup, by the aggregator's resolvers) and an
-explanation from RULES, and the last events.keep of them are kept for GET /errors and its filters.
+extra labels the metrics carry (pid, unit, pod: from the cgroup, by the aggregator's resolvers), the other end
+when it is on this host (Peers: its reset_sent joined by the connection), and an explanation from RULES, and the
+last events.keep of them are kept for GET /errors and its filters.
 """
 
 import collections
@@ -100,7 +101,8 @@ def _seconds(value):
 
 # One entry per rule, tried in order: the first whose `when` holds explains the event. `facts`: the event fields
 # the rule reads (docs/errors.md lists them). `says` is formatted with the event's fields and these helpers:
-# {idle} the silence before it (idle_recv_s), {fin_before} fin_before_s, {peer} remote:remote_port.
+# {idle} the silence before it (idle_recv_s), {fin_before} fin_before_s, {peer} remote:remote_port, {reset_by}
+# who on this host reset the connection (the event's peer, see Peers).
 IDLE_TIMEOUT_MIN_S = 1.0   # a reset that answers the first send after at least this long a silence
 ANSWERED_SEND_S = 1.0      # ... sent at most this long before the reset
 RESET_STATES = ("ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2")
@@ -119,6 +121,10 @@ RULES = (
          lambda e: e["kind"] in ("reset_received", "socket_error") and e["fin_received"],
          "peer had closed {fin_before} s earlier: a stale keep-alive connection (the peer's idle timeout is "
          "shorter than ours; reused after its FIN)"),
+    Rule("reset_by_host_peer", ("kind", "errno", "peer"),
+         lambda e: e["peer"] is not None and (e["kind"] == "reset_received"
+                                              or e["kind"] == "socket_error" and e["errno"] in PEER_ERRNOS),
+         "{reset_by}"),
     Rule("idle_timeout", ("kind", "errno", "state", "idle_recv_s", "idle_send_s"),
          lambda e: (e["kind"] == "reset_received" and e["state"] in RESET_STATES
                     or e["kind"] == "socket_error" and e["errno"] in ("ECONNRESET", "EPIPE"))
@@ -155,6 +161,35 @@ RULES = (
 )
 
 
+# What the kernel's reset reasons (tcp_send_reset, 6.10+) mean, said of the end that sent the reset.
+RESET_REASON_TEXT = {
+    "NO_SOCKET": "no socket for it",
+    "TCP_ABORT_ON_CLOSE": "it closed the connection with data unread",
+    "TCP_ABORT_ON_DATA": "data arrived after it had closed",
+    "TCP_ABORT_ON_LINGER": "its FIN_WAIT2 linger time ran out",
+    "TCP_ABORT_ON_MEMORY": "out of memory for orphaned sockets",
+    "TCP_DISCONNECT_WITH_DATA": "it disconnected with data unread",
+    "TCP_KEEPALIVE_TIMEOUT": "its keep-alive probes went unanswered",
+    "TCP_STATE": "it aborted the connection, e.g. a close with SO_LINGER 0",
+    "TCP_TIMEWAIT_SOCKET": "a segment for a connection in TIME_WAIT",
+}
+
+
+def reset_by(peer):
+    """Who on this host reset the connection, and the reason the kernel gave: a peer of Peers."""
+    reason = peer["reason"]
+    text = RESET_REASON_TEXT.get(reason, "")
+    if peer["comm"]:
+        who = "reset by %s[%d] on this host" % (peer["comm"], peer["pid"])
+    else:
+        who = "reset by this host's kernel"  # no process context: a segment for no socket, a time-wait socket
+        if text and reason in ("NO_SOCKET", "TCP_TIMEWAIT_SOCKET"):
+            return "%s: %s" % (who, text)
+    if not reason:
+        return who
+    return "%s (%s: %s)" % (who, reason, text) if text else "%s (%s)" % (who, reason)
+
+
 def explain(event):
     """The sentence of the first rule that holds for the event (a dict of the /errors schema)."""
     for rule in RULES:
@@ -166,10 +201,13 @@ def explain(event):
 def format_rule(rule, event):
     remote = event["remote"]
     host = "[%s]" % remote if ":" in remote else remote or "?"
-    return rule.says.format(
+    fields = dict(event)
+    fields.update(  # {peer} in a rule's text is the remote end's address, not the event's peer field
         peer="%s:%d" % (host, event["remote_port"]) if event["remote_port"] else host,
         idle=_seconds(event["idle_recv_s"] or 0.0), fin_before=_seconds(event["fin_before_s"] or 0.0),
-        reason_text=(" (%s)" % event["reason"]) if event["reason"] else "", **event)
+        reset_by=reset_by(event["peer"]) if event.get("peer") else "",
+        reason_text=(" (%s)" % event["reason"]) if event["reason"] else "")
+    return rule.says.format(**fields)
 
 
 # ---- decoding ----
@@ -205,7 +243,7 @@ class Decoder:
         fin_seen = ev.fin_ns != 0 and ev.fin_ns <= ev.ktime_ns
         fin = fin_seen or state in FIN_STATES
         return {
-            "time": round(at + wall_minus_mono, 6), "kind": kind, "pid": ev.tgid, "tid": ev.tid,
+            "time": round(at + wall_minus_mono, 6), "ktime_s": at, "kind": kind, "pid": ev.tgid, "tid": ev.tid,
             "comm": ev.comm.decode("utf-8", "replace"), "cgroup": ev.cgroup,
             "op": OPS.get(ev.op, "") if kind in ("socket_error", "connect_failed") else "",
             "errno": errno, "reason": reason, "family": FAMILIES.get(ev.family, ""),
@@ -235,7 +273,8 @@ class Decoder:
 
 FIELDS = ("seq", "time", "kind", "pid", "tid", "comm", "labels", "op", "errno", "reason", "family", "local",
           "local_port", "remote", "remote_port", "port", "state", "age_s", "idle_send_s", "idle_recv_s",
-          "bytes_sent", "bytes_received", "retrans", "srtt_ms", "fin_received", "fin_before_s", "explanation")
+          "bytes_sent", "bytes_received", "retrans", "srtt_ms", "fin_received", "fin_before_s", "peer",
+          "explanation")
 # An event is kept as a tuple of these (the explanation is made when it is served): a dict of them took 1.6 KiB,
 # 15 MiB for the default events.keep; the tuple, its strings interned and its labels shared, about a third.
 STORED = FIELDS[:-1]
@@ -243,6 +282,108 @@ AT = {name: i for i, name in enumerate(STORED)}
 _INTERNED = tuple(AT[name] for name in ("kind", "comm", "op", "errno", "reason", "family", "local", "remote",
                                           "state"))
 LABEL_CACHE = 1024  # owners whose labels are shared between their events
+
+
+# ---- the other end, when it is on this host ----
+
+PEER_ERRNOS = ("ECONNRESET", "EPIPE")  # the socket errors a reset leads to
+PEERS_KEEP = 4096    # resets sent that Peers remembers ...
+PEERS_AGE_S = 10.0   # ... for this long
+AGE_ROUNDING_S = 0.001  # age_s is rounded to milliseconds
+RESET_DELIVERY_S = 0.1  # a reset this host sent reaches its other end on this host within this (microseconds)
+
+
+class Peers:
+    """Resets this host sent, by connection, to name the other end of a connection this host was reset on.
+
+    On one host the sender's reset_sent and the receiver's reset_received come on the ring microseconds apart,
+    with the 4-tuple reversed, in either order: a reset for a segment (tcp_v4_send_reset) is traced before it
+    is sent, an aborting close's (tcp_send_active_reset) after, when loopback has already delivered it and the
+    receiver's application may already have read its ECONNRESET. The application may also read its error
+    (socket_error ECONNRESET or EPIPE) much later. An event of either kind gets the sender as "peer" (its pid,
+    comm, labels and the kernel's reason) when it follows a reset_sent of its reversed 4-tuple by at most
+    PEERS_AGE_S, or precedes one by at most RESET_DELIVERY_S; else (the reset came from another host or a
+    middlebox, the rate limit dropped the reset_sent, or it is older) "peer" is None. Never a wrong one: a
+    reset_received takes only a reset_sent at most RESET_DELIVERY_S from it that no reset_received took yet,
+    and no event joins a reset sent before its connection was established (its age_s). Sockets in different
+    network namespaces with the same 4-tuple within those bounds cannot be told apart (events carry no
+    namespace)."""
+
+    def __init__(self, keep=PEERS_KEEP, age=PEERS_AGE_S):
+        self.keep, self.age = keep, age
+        # (family, local, local_port, remote, remote_port) of the sender -> [ktime_s, peer, taken by a reset]
+        self.sent = collections.OrderedDict()
+        # the receiver's events that found no reset sent yet, by the sender's 4-tuple -> [(ktime_s, event)]
+        self.waiting = collections.OrderedDict()
+
+    def __call__(self, e, at):
+        """Sets e["peer"]; e: an event of the /errors schema with its labels and seq, at: its kernel time (s).
+        Returns the earlier events (dicts) this one is the peer of: a reset_sent traced after its delivery."""
+        e["peer"] = None
+        kind = e["kind"]
+        if kind == "reset_sent":
+            return self._sent(e, at)
+        if kind != "reset_received" and not (kind == "socket_error" and e["errno"] in PEER_ERRNOS):
+            return ()
+        key = _connection(e["family"], e["remote"], e["remote_port"], e["local"], e["local_port"])
+        if key is None:
+            return ()
+        sent = self.sent.get(key)
+        if sent is not None and at - sent[0] > self.age:
+            del self.sent[key]
+            sent = None
+        if sent is not None and self._joins(e, at, sent):
+            e["peer"] = sent[1]
+        else:
+            self._forget(self.waiting, at, RESET_DELIVERY_S, lambda events: events[-1][0])
+            self.waiting.setdefault(key, []).append((at, e))
+            self.waiting.move_to_end(key)
+            while len(self.waiting) > self.keep:
+                self.waiting.popitem(last=False)
+        return ()
+
+    def _sent(self, e, at):
+        self._forget(self.sent, at, self.age)
+        key = _connection(e["family"], e["local"], e["local_port"], e["remote"], e["remote_port"])
+        if key is None:
+            return ()
+        self.sent.pop(key, None)
+        sent = self.sent[key] = [at, {"pid": e["pid"], "comm": e["comm"], "labels": e["labels"],
+                                      "reason": e["reason"]}, False]
+        while len(self.sent) > self.keep:
+            self.sent.popitem(last=False)
+        joined = []
+        for then, earlier in self.waiting.pop(key, ()):
+            if at - then <= RESET_DELIVERY_S and self._joins(earlier, at, sent, before=True):
+                earlier["peer"] = sent[1]
+                joined.append(earlier)
+        return joined
+
+    @staticmethod
+    def _joins(e, at, sent, before=False):
+        """Whether the receiver's event e (at: its time) is of this reset sent (before: e came first)."""
+        sent_at = sent[0]
+        if not before and at < sent_at:
+            return False
+        if e["age_s"] is not None and sent_at < at - e["age_s"] - AGE_ROUNDING_S:
+            return False  # a reset of an earlier connection with this 4-tuple
+        if e["kind"] == "reset_received":
+            if sent[2] or abs(at - sent_at) > RESET_DELIVERY_S:
+                return False
+            sent[2] = True
+        return True
+
+    @staticmethod
+    def _forget(table, now, age, time_of=lambda entry: entry[0]):
+        """Drops the entries older than age from the front of table (the least recently set first)."""
+        while table and now - time_of(next(iter(table.values()))) > age:
+            table.popitem(last=False)
+
+
+def _connection(family, local, local_port, remote, remote_port):
+    if not (family and local and local_port and remote and remote_port):
+        return None  # not a whole 4-tuple: nothing to join by
+    return family, local, local_port, remote, remote_port
 
 
 class EventLog:
@@ -258,6 +399,7 @@ class EventLog:
         self.labels = labels or (lambda cgroup, pid: {})
         self.dropped = dropped or (lambda: {reason: 0 for reason in abi.EVENT_DROP_REASONS})
         self._labels = {}  # (cgroup, pid) -> the labels dict its events share (never changed once made)
+        self.peers = Peers()
 
     @property
     def keep(self):
@@ -280,20 +422,27 @@ class EventLog:
         return labels
 
     def add(self, decoded):
-        """decoded: dicts from Decoder; numbered and labelled here."""
-        rows = []
-        for e in decoded:
+        """decoded: dicts from Decoder, in the ring's order; numbered, labelled and joined to their peers here.
+        Only the main loop adds: the numbers are given before the lock is taken."""
+        rows, late = [], []
+        for i, e in enumerate(decoded):
             e["labels"] = self._labels_of(e.pop("cgroup"), e["pid"])
-            e["seq"] = 0
+            e["seq"] = self.seq + 1 + i
+            late.extend(earlier for earlier in self.peers(e, e.pop("ktime_s")) if earlier["seq"] <= self.seq)
+        for e in decoded:
             row = [e[name] for name in STORED]
             for i in _INTERNED:
                 row[i] = sys.intern(row[i])
-            rows.append(row)
+            rows.append(tuple(row))
         with self.lock:
             for row in rows:
-                self.seq += 1
-                row[0] = self.seq
-                self.events.append(tuple(row))
+                self.events.append(row)
+            self.seq += len(rows)
+            for e in late:  # an event of an earlier batch, kept already: its peer came in this one
+                at = e["seq"] - self.events[0][0] if self.events else -1
+                if 0 <= at < len(self.events) and self.events[at][0] == e["seq"]:
+                    row = self.events[at]
+                    self.events[at] = row[:AT["peer"]] + (e["peer"],) + row[AT["peer"] + 1:]
 
     def query(self, f):
         """The /errors answer for a Filter."""

@@ -11,7 +11,9 @@ import pytest
 
 from . import net_scenarios
 from .net_scenarios import CLIENT, NO_ROUTE, SERVER, SERVICE_PORT
+from .conftest import kernel_reset_reason
 from .test_errors import expect
+from .test_why import by_kind, wait_events
 
 pytestmark = pytest.mark.bpf
 
@@ -57,7 +59,8 @@ def test_path_breaks_on_an_established_connection(daemon):
 
 
 def test_peer_reboot(daemon):
-    """The server host forgot the connection: our next segment draws an RST for no socket."""
+    """The server host forgot the connection: our next segment draws an RST for no socket, and the client's
+    events say that the server host's kernel sent it."""
     r = net_scenarios.peer_reboot("prb")
     assert r["errnos"]["cli"] == ["ECONNRESET"]
     cli, srv = r["comms"]["cli"], r["comms"]["srv"]
@@ -72,6 +75,19 @@ def test_peer_reboot(daemon):
     daemon.wait_for("errnomon_tcp_resets_sent_total",
                     [(dict(comm="", remote=CLIENT, port=str(SERVICE_PORT), reason="NO_SOCKET"), 1)],
                     comm="", remote=CLIENT)
+    # both ends are on this host: the client's reset and error name the server host's kernel, which had no
+    # socket for the segment, and not the server's own earlier reset, which its firewall dropped
+    daemon.errors_url = "http://127.0.0.1:%d/errors" % daemon.port
+    (sent,) = wait_events(daemon, srv, 1)
+    reason = kernel_reset_reason("TCP_STATE")
+    assert (sent["kind"], sent["reason"], sent["pid"], sent["remote_port"]) == \
+        ("reset_sent", "" if reason == "unknown" else reason, r["pids"]["srv"], r["info"]["cli"]["local_port"])
+    events = by_kind(wait_events(daemon, cli, 2))
+    (reset,), (error,) = events["reset_received"], events["socket_error"]
+    assert (reset["pid"], reset["local_port"], error["errno"]) == \
+        (r["pids"]["cli"], r["info"]["cli"]["local_port"], "ECONNRESET")
+    assert reset["peer"] == error["peer"] == {"pid": 0, "comm": "", "labels": {}, "reason": "NO_SOCKET"}
+    assert reset["explanation"] == error["explanation"] == "reset by this host's kernel: no socket for it"
 
 
 def test_a_firewall_that_forgets_an_idle_connection_resets_it_from_the_middle(daemon):

@@ -339,11 +339,12 @@ def _unread_server(report):
     conn.close()
 
 
-def _unread_client(report):
-    s = socket.create_connection(("127.0.0.1", UNREAD_PORT), timeout=10)
-    s.sendall(b"u" * UNREAD)
-    report(sent=UNREAD, local_port=s.getsockname()[1])
-    time.sleep(0.5)  # the parent kills the server meanwhile
+def _send_then_recv(report, port, n, wait):
+    """Sends n bytes, waits while the server goes away without reading them, then recv()s."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"u" * n)
+    report(sent=n, local_port=s.getsockname()[1])
+    time.sleep(wait)
     report(recv=_errno_of(s.recv, 10))
     s.close()
 
@@ -351,7 +352,7 @@ def _unread_client(report):
 def test_peer_killed_with_unread_data(why):
     srv = Child("wy_ud_srv", _unread_server)
     assert srv.next()["listening"]
-    cli = Child("wy_ud_cli", _unread_client)
+    cli = Child("wy_ud_cli", _send_then_recv, UNREAD_PORT, UNREAD, 0.5)  # the test kills the server meanwhile
     assert srv.next()["accepted"]
     c = cli.next()
     time.sleep(0.1)  # the bytes are in the server's receive queue
@@ -368,15 +369,86 @@ def test_peer_killed_with_unread_data(why):
     (reset,), (error,) = events["reset_received"], events["socket_error"]
     assert (reset["state"], reset["errno"], reset["fin_received"], reset["bytes_sent"], reset["bytes_received"],
             reset["local_port"]) == ("ESTABLISHED", "ECONNRESET", False, UNREAD, 0, c["local_port"])
-    assert reset["explanation"].startswith("peer closed with unread data")
     assert (error["op"], error["errno"], error["state"]) == ("recv", "ECONNRESET", "CLOSE")
-    assert error["explanation"] == "connection reset by 127.0.0.1:%d" % UNREAD_PORT
     # the killed server's kernel sent the reset, on the socket it owned
     (sent,) = wait_events(why, "wy_ud_srv", 1)
     reason = kernel_reset_reason("TCP_ABORT_ON_CLOSE")
+    reason = "" if reason == "unknown" else reason
     assert (sent["kind"], sent["reason"], sent["remote"], sent["port"], sent["remote_port"]) == \
-        ("reset_sent", "" if reason == "unknown" else reason, "127.0.0.1", UNREAD_PORT, c["local_port"])
+        ("reset_sent", reason, "127.0.0.1", UNREAD_PORT, c["local_port"])
     assert sent["bytes_received"] == UNREAD
+    # both ends are on this host: the client's events name the server, which the test killed
+    says = "reset by wy_ud_srv[%d] on this host" % srv.pid
+    assert reset["explanation"] == error["explanation"] == \
+        says + (" (TCP_ABORT_ON_CLOSE: it closed the connection with data unread)" if reason else "")
+
+
+# ---- (c2) both ends on this host: the client's events name the server that reset it ----
+
+PEER_PORT = 47310       # pj_* comms and ports 47300-47399 are this test's
+PEER_SENT, PEER_READ = 100, 10
+
+
+def _partial_reader(report):
+    ls = _listener(PEER_PORT)
+    report(listening=True)
+    conn, _ = ls.accept()
+    got = _recv_exactly(conn, PEER_READ)  # reads part of the request ...
+    deadline = time.monotonic() + 5
+    while len(conn.recv(PEER_SENT, socket.MSG_PEEK)) < PEER_SENT - PEER_READ and time.monotonic() < deadline:
+        time.sleep(0.01)
+    unread = len(conn.recv(PEER_SENT, socket.MSG_PEEK))
+    conn.close()  # ... and closes with the rest unread: an RST (TCP_ABORT_ON_CLOSE), not a FIN
+    report(read=len(got), unread=unread)
+    ls.close()
+
+
+def test_peer_on_this_host_is_named(why):
+    srv = Child("pj_rs_srv", _partial_reader)
+    assert srv.next()["listening"]
+    cli = Child("pj_rs_cli", _send_then_recv, PEER_PORT, PEER_SENT, 1.0)  # the server closes meanwhile
+    c = cli.next()
+    r = srv.next()
+    assert (r["read"], r["unread"]) == (PEER_READ, PEER_SENT - PEER_READ)
+    assert cli.next()["recv"] == "ECONNRESET"
+    assert (srv.wait(), cli.wait()) == (0, 0)
+    reason = kernel_reset_reason("TCP_ABORT_ON_CLOSE")
+    reason = "" if reason == "unknown" else reason
+    (sent,) = wait_events(why, "pj_rs_srv", 1)
+    assert (sent["kind"], sent["pid"], sent["reason"], sent["remote_port"], sent["local_port"]) == \
+        ("reset_sent", srv.pid, reason, c["local_port"], PEER_PORT)
+    events = by_kind(wait_events(why, "pj_rs_cli", 2))
+    (reset,), (error,) = events["reset_received"], events["socket_error"]
+    assert (reset["pid"], reset["local_port"], reset["state"]) == (cli.pid, c["local_port"], "ESTABLISHED")
+    assert (error["pid"], error["op"], error["errno"]) == (cli.pid, "recv", "ECONNRESET")
+    peer = {"pid": srv.pid, "comm": "pj_rs_srv", "labels": {}, "reason": reason}
+    assert reset["peer"] == error["peer"] == peer, (reset, error)
+    says = "reset by pj_rs_srv[%d] on this host" % srv.pid
+    if reason:
+        says += " (TCP_ABORT_ON_CLOSE: it closed the connection with data unread)"
+    assert reset["explanation"] == error["explanation"] == says
+    # the server's own event has no peer: its other end did not reset it
+    assert sent["peer"] is None
+
+
+def test_peer_beyond_this_host_is_null(why):
+    """A stateful firewall in a router namespace forgets the idle flow and answers with its own RST (nft's
+    reject, no socket's reset): the client's reset and error have no peer, and the server sent no reset
+    (ground truth: the router rule's packet counter and each program's own errno)."""
+    from . import net_scenarios
+    r = net_scenarios.conntrack_forgets("pjct")
+    assert r["errnos"]["cli"] == ["ECONNRESET"] and r["errnos"]["srv"] == [] and r["rejected"] == 1
+    cli, srv = r["comms"]["cli"], r["comms"]["srv"]
+    events = by_kind(wait_events(why, cli, 2))
+    (reset,), (error,) = events["reset_received"], events["socket_error"]
+    assert (reset["pid"], reset["remote"], reset["local_port"]) == \
+        (r["pids"]["cli"], net_scenarios.SERVER, r["info"]["cli"]["local_port"])
+    assert (error["op"], error["errno"]) == ("recv", "ECONNRESET")
+    assert reset["peer"] is None and error["peer"] is None
+    assert error["explanation"].startswith("reset after ") and "an idle timeout near" in error["explanation"]
+    # the server's FIN at its close meets the same rule: its reset, too, came from the router
+    (srv_reset,) = wait_events(why, srv, 1)
+    assert (srv_reset["kind"], srv_reset["pid"], srv_reset["peer"]) == ("reset_received", r["pids"]["srv"], None)
 
 
 # ---- (d) the rate limit: every error counted, every event kept or counted as dropped ----

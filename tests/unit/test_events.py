@@ -44,7 +44,7 @@ decode = events.Decoder(HZ, {3: "NO_SOCKET"})
 def test_decode_tcp_facts():
     e = decode(tcp_record(), 1000.0)
     assert e == dict(
-        time=1000.0 + T0 / 1e9, kind="reset_received", pid=42, tid=0, comm="curl", cgroup=0, op="", errno="ECONNRESET",
+        time=1000.0 + T0 / 1e9, ktime_s=T0 / 1e9, kind="reset_received", pid=42, tid=0, comm="curl", cgroup=0, op="", errno="ECONNRESET",
         reason="", family="ipv4", local="127.0.0.1", local_port=50000, remote="10.0.0.5", remote_port=8080,
         port=8080, state="ESTABLISHED", age_s=70.0, idle_send_s=0.1, idle_recv_s=61.0, bytes_sent=300,
         bytes_received=4000, retrans=2, srtt_ms=1.5, fin_received=False, fin_before_s=None)
@@ -80,7 +80,7 @@ def test_connect_failures_have_no_idle_times():
 
 def event(**kw):
     e = dict(kind="socket_error", errno="", reason="", state="ESTABLISHED", remote="10.0.0.5", remote_port=8080,
-             fin_received=False, fin_before_s=None, idle_recv_s=None, idle_send_s=None, retrans=None)
+             fin_received=False, fin_before_s=None, idle_recv_s=None, idle_send_s=None, retrans=None, peer=None)
     e.update(kw)
     return e
 
@@ -113,6 +113,26 @@ def event(**kw):
     (dict(kind="reset_sent", reason="TCP_STATE"), "reset_sent", "reset sent to 10.0.0.5:8080 (TCP_STATE)"),
     (dict(kind="reset_sent"), "reset_sent", "reset sent to 10.0.0.5:8080"),
     (dict(errno="EHOSTDOWN", state="CLOSE"), "other", "socket_error EHOSTDOWN in CLOSE"),
+    # the other end on this host: who sent the reset, and the kernel's reason
+    (dict(kind="reset_received", errno="ECONNRESET", idle_recv_s=61.2, idle_send_s=0.0, peer=dict(
+        pid=1234, comm="nginx", labels={}, reason="TCP_ABORT_ON_CLOSE")), "reset_by_host_peer",
+     "reset by nginx[1234] on this host (TCP_ABORT_ON_CLOSE: it closed the connection with data unread)"),
+    (dict(errno="EPIPE", peer=dict(pid=7, comm="srv", labels={}, reason="NOT_SPECIFIED")), "reset_by_host_peer",
+     "reset by srv[7] on this host (NOT_SPECIFIED)"),
+    (dict(errno="ECONNRESET", peer=dict(pid=7, comm="srv", labels={}, reason="")), "reset_by_host_peer",
+     "reset by srv[7] on this host"),
+    (dict(kind="reset_received", errno="ECONNRESET", peer=dict(pid=0, comm="", labels={},
+                                                               reason="TCP_TIMEWAIT_SOCKET")),
+     "reset_by_host_peer", "reset by this host's kernel: a segment for a connection in TIME_WAIT"),
+    (dict(kind="reset_received", errno="ECONNRESET", peer=dict(pid=0, comm="", labels={}, reason="NO_SOCKET")),
+     "reset_by_host_peer", "reset by this host's kernel: no socket for it"),
+    (dict(errno="ECONNRESET", peer=dict(pid=0, comm="", labels={}, reason="TCP_STATE")), "reset_by_host_peer",
+     "reset by this host's kernel (TCP_STATE: it aborted the connection"),
+    # a stale keep-alive says more than who; a timeout is not a reset
+    (dict(kind="reset_received", errno="EPIPE", state="CLOSE_WAIT", fin_received=True, fin_before_s=2.0,
+          peer=dict(pid=7, comm="srv", labels={}, reason="NO_SOCKET")), "stale_keepalive", "peer had closed 2.0"),
+    (dict(errno="ETIMEDOUT", retrans=3, peer=dict(pid=7, comm="srv", labels={}, reason="")), "timed_out",
+     "connection timed out"),
 ])
 def test_rules(facts, rule, says):
     e = event(**facts)
@@ -351,3 +371,171 @@ def test_labels_are_the_metrics_extra_labels():
     (e,) = log.query(events.parse_filters("", 10))["events"]
     assert e["labels"] == {"pid": "42", "unit": "u3.service", "namespace": "ns", "pod": "p", "container": "c"}
     assert events.EventLog(10, labels=Aggregator(config.parse("")).extra_labels).labels(3, 42) == {}
+
+
+# ---- the other end on this host: a reset_sent joined to the reset_received and socket_error it caused ----
+
+SRV, CLI = ("127.0.0.1", 8080), ("127.0.0.1", 50000)
+
+
+def reset_event(kind, at, sender=SRV, receiver=CLI, **kw):
+    """An event as Decoder gives it (ktime_s in seconds): the sender's reset_sent or the receiver's events."""
+    local, remote = (sender, receiver) if kind == "reset_sent" else (receiver, sender)
+    e = dict(time=1000.0 + at, ktime_s=at, kind=kind, pid=4321 if kind == "reset_sent" else 42, tid=0,
+             comm="srv" if kind == "reset_sent" else "cli", cgroup=5 if kind == "reset_sent" else 0, op="",
+             errno="", reason="", family="ipv4", local=local[0], local_port=local[1], remote=remote[0],
+             remote_port=remote[1], port=8080, state="ESTABLISHED", age_s=None, idle_send_s=None,
+             idle_recv_s=None, bytes_sent=None, bytes_received=None, retrans=None, srtt_ms=None,
+             fin_received=False, fin_before_s=None)
+    if kind == "reset_sent":
+        e.update(reason="TCP_ABORT_ON_CLOSE", state="CLOSE")
+    elif kind == "reset_received":
+        e["errno"] = "ECONNRESET"
+    e.update(kw)
+    return e
+
+
+def peer_log():
+    return events.EventLog(100, labels=lambda cgroup, pid: {"unit": "srv.service"} if cgroup == 5 else {})
+
+
+def peers_of(log, *batches):
+    for batch in batches:
+        log.add(batch)
+    return [(e["kind"], e["peer"]) for e in log.query(events.parse_filters("", log.keep))["events"]]
+
+
+SRV_PEER = {"pid": 4321, "comm": "srv", "labels": {"unit": "srv.service"}, "reason": "TCP_ABORT_ON_CLOSE"}
+
+
+def test_peer_joins_the_reset_and_the_later_error_of_the_connection():
+    log = peer_log()
+    got = peers_of(log, [reset_event("reset_sent", 10.0), reset_event("reset_received", 10.00002, age_s=0.5)],
+                   # the application reads its error later, in another batch
+                   [reset_event("socket_error", 13.0, errno="ECONNRESET", op="recv", state="CLOSE", age_s=3.5)],
+                   [reset_event("socket_error", 14.0, errno="EPIPE", op="send", state="CLOSE")])
+    assert got == [("reset_sent", None), ("reset_received", SRV_PEER), ("socket_error", SRV_PEER),
+                   ("socket_error", SRV_PEER)]
+    (received, error) = log.query(events.parse_filters("comm=cli&limit=2", log.keep))["events"][:2]
+    assert received["explanation"] == error["explanation"] == \
+        "reset by srv[4321] on this host (TCP_ABORT_ON_CLOSE: it closed the connection with data unread)"
+
+
+def test_peer_needs_the_reversed_4tuple():
+    other_client = ("127.0.0.1", 50001)
+    got = peers_of(peer_log(), [
+        reset_event("reset_sent", 10.0),
+        reset_event("reset_received", 10.0001, receiver=other_client),             # another connection
+        reset_event("reset_received", 10.0001, sender=("127.0.0.2", 8080)),        # another address
+        reset_event("reset_received", 10.0001, family="ipv6"),
+        reset_event("socket_error", 10.5, errno="ETIMEDOUT"),                      # not what a reset gives
+        reset_event("socket_error", 10.5, errno="ECONNRESET", local="", local_port=0),  # no 4-tuple to join by
+    ])
+    assert got == [("reset_sent", None)] + [("reset_received", None)] * 3 + [("socket_error", None)] * 2
+
+
+def test_peer_in_order_only():
+    # the receiver's events before the reset was sent are not its
+    got = peers_of(peer_log(), [reset_event("socket_error", 9.0, errno="EPIPE"),
+                                reset_event("reset_received", 9.5), reset_event("reset_sent", 10.0)])
+    assert got == [("socket_error", None), ("reset_received", None), ("reset_sent", None)]
+
+
+def test_peer_ages_out():
+    got = peers_of(peer_log(), [reset_event("reset_sent", 10.0), reset_event("reset_received", 10.0001)],
+                   [reset_event("socket_error", 19.9, errno="ECONNRESET")],
+                   [reset_event("socket_error", 20.1, errno="EPIPE")],   # more than 10 s after the reset
+                   [reset_event("socket_error", 20.2, errno="EPIPE")])
+    assert got == [("reset_sent", None), ("reset_received", SRV_PEER), ("socket_error", SRV_PEER),
+                   ("socket_error", None), ("socket_error", None)]
+    # a reset received a second after the reset sent is not its delivery on this host
+    assert peers_of(peer_log(), [reset_event("reset_sent", 10.0), reset_event("reset_received", 11.5)]) == \
+        [("reset_sent", None), ("reset_received", None)]
+
+
+def test_peer_table_is_bounded():
+    log = events.EventLog(10000)
+    log.peers = events.Peers(keep=3)
+    clients = [("127.0.0.1", 40000 + i) for i in range(5)]
+    log.add([reset_event("reset_sent", 10.0 + i * 0.001, receiver=c) for i, c in enumerate(clients)])
+    assert len(log.peers.sent) == 3
+    log.add([reset_event("reset_received", 10.01, receiver=c) for c in clients])
+    got = [e["peer"] is not None for e in log.query(events.parse_filters("comm=cli", log.keep))["events"]]
+    assert got == [False, False, True, True, True]  # the two oldest were forgotten
+    # and what ages out is forgotten at the next reset sent, joined or not
+    log.add([reset_event("reset_sent", 30.0, receiver=("127.0.0.1", 45000))])
+    assert list(log.peers.sent) == [("ipv4", "127.0.0.1", 8080, "127.0.0.1", 45000)]
+    assert events.PEERS_KEEP == 4096 and events.PEERS_AGE_S == 10.0
+
+
+def test_peer_missing_half_is_null_never_wrong():
+    # the rate limit dropped the reset_sent of a new connection with the 4-tuple of an earlier one reset 2 s
+    # before: its events carry their connection's age, and the earlier reset is older than the connection
+    got = peers_of(peer_log(), [reset_event("reset_sent", 10.0), reset_event("reset_received", 10.0001)],
+                   [reset_event("reset_received", 12.0, age_s=1.0),
+                    reset_event("socket_error", 12.5, errno="ECONNRESET", age_s=1.5)])
+    assert got == [("reset_sent", None), ("reset_received", SRV_PEER), ("reset_received", None),
+                   ("socket_error", None)]
+    # a second reset received within the delivery time takes no reset already taken
+    got = peers_of(peer_log(), [reset_event("reset_sent", 10.0), reset_event("reset_received", 10.0001),
+                                reset_event("reset_received", 10.2)])
+    assert got == [("reset_sent", None), ("reset_received", SRV_PEER), ("reset_received", None)]
+    # the rate limit dropped the reset_received: the application's error still finds the reset sent
+    got = peers_of(peer_log(), [reset_event("reset_sent", 10.0)],
+                   [reset_event("socket_error", 11.0, errno="ECONNRESET", age_s=5.0)])
+    assert got == [("reset_sent", None), ("socket_error", SRV_PEER)]
+    # a newer reset of the same 4-tuple replaces the older
+    newer = dict(SRV_PEER, pid=99, comm="srv2", labels={})
+    got = peers_of(peer_log(), [reset_event("reset_sent", 10.0),
+                                reset_event("reset_sent", 10.5, pid=99, comm="srv2", cgroup=0),
+                                reset_event("reset_received", 10.5001)])
+    assert got == [("reset_sent", None), ("reset_sent", None), ("reset_received", newer)]
+
+
+def test_peer_of_kernel_resets_says_so():
+    # a time-wait socket's reset: no process
+    got = peers_of(peer_log(), [reset_event("reset_sent", 10.0, pid=0, comm="", cgroup=0,
+                                            reason="TCP_TIMEWAIT_SOCKET", state="TIME_WAIT"),
+                                reset_event("reset_received", 10.0001)])
+    assert got[1] == ("reset_received", {"pid": 0, "comm": "", "labels": {}, "reason": "TCP_TIMEWAIT_SOCKET"})
+
+
+def test_peer_traced_after_its_delivery():
+    # an aborting close's reset is traced after loopback delivered it: the receiver's events come first
+    got = peers_of(peer_log(), [reset_event("reset_received", 10.0), reset_event("reset_sent", 10.00003)],
+                   [reset_event("socket_error", 12.0, errno="ECONNRESET")])
+    assert got == [("reset_received", SRV_PEER), ("reset_sent", None), ("socket_error", SRV_PEER)]
+    # across two reads of the ring: the event already kept gets its peer
+    log = peer_log()
+    got = peers_of(log, [reset_event("reset_received", 10.0, age_s=2.0),
+                         reset_event("socket_error", 10.00001, errno="ECONNRESET", op="recv")],
+                   [reset_event("reset_sent", 10.00003)])
+    assert got == [("reset_received", SRV_PEER), ("socket_error", SRV_PEER), ("reset_sent", None)]
+    assert log.query(events.parse_filters("limit=1&comm=cli", log.keep))["events"][0]["explanation"].startswith(
+        "reset by srv[4321] on this host")
+    # ... but not after the delivery time, nor for another connection, nor twice
+    got = peers_of(peer_log(), [reset_event("reset_received", 10.0), reset_event("reset_sent", 10.2)])
+    assert got == [("reset_received", None), ("reset_sent", None)]
+    got = peers_of(peer_log(), [reset_event("reset_received", 10.0, receiver=("127.0.0.1", 50001)),
+                                reset_event("reset_sent", 10.00003)])
+    assert got == [("reset_received", None), ("reset_sent", None)]
+    got = peers_of(peer_log(), [reset_event("reset_received", 10.0), reset_event("reset_sent", 10.00003),
+                                reset_event("reset_received", 10.00005)])
+    assert got == [("reset_received", SRV_PEER), ("reset_sent", None), ("reset_received", None)]
+
+
+def test_waiting_events_are_bounded():
+    log = events.EventLog(100)
+    log.peers = events.Peers(keep=2)
+    clients = [("127.0.0.1", 40000 + i) for i in range(3)]
+    log.add([reset_event("reset_received", 10.0, receiver=c) for c in clients])
+    assert len(log.peers.waiting) == 2
+    log.add([reset_event("reset_sent", 10.00003, receiver=c) for c in clients])
+    got = [e["peer"] is not None for e in log.query(events.parse_filters("comm=cli", log.keep))["events"]]
+    assert got == [False, True, True]
+    # and the kept events that went out of the log are not patched
+    log = events.EventLog(1)
+    log.add([reset_event("reset_received", 10.0)])
+    log.add([reset_event("socket_error", 10.00001, errno="ECONNRESET"), reset_event("reset_sent", 10.00003)])
+    assert [(e["kind"], e["peer"]) for e in log.query(events.parse_filters("", 1))["events"]] == \
+        [("reset_sent", None)]
