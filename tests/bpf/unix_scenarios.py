@@ -58,8 +58,8 @@ class Result:
         return sum(1 for o, e in self.calls if o == op and e == name)
 
 
-def run_as(comm_prefix, role, fn, *args, sigpipe=signal.SIG_IGN, allow_signal=None):
-    """fn(reporter, *args) in a child named make_comm(comm_prefix, role)."""
+def run_as(comm_prefix, role, fn, *args, sigpipe=signal.SIG_IGN, allow_signal=None, limit=DEADLINE):
+    """fn(reporter, *args) in a child named make_comm(comm_prefix, role), given `limit` seconds."""
     comm = make_comm(comm_prefix, role)
     r, w = os.pipe()
     pid = os.fork()
@@ -78,7 +78,7 @@ def run_as(comm_prefix, role, fn, *args, sigpipe=signal.SIG_IGN, allow_signal=No
             code = 1
         os._exit(code)
     os.close(w)
-    data, deadline = b"", time.monotonic() + DEADLINE
+    data, deadline = b"", time.monotonic() + limit
     while time.monotonic() < deadline:
         ready, _, _ = select.select([r], [], [], max(0.0, deadline - time.monotonic()))
         if not ready:
@@ -95,7 +95,7 @@ def run_as(comm_prefix, role, fn, *args, sigpipe=signal.SIG_IGN, allow_signal=No
     if not done:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-        raise RuntimeError("%s did not finish within %.0f s" % (comm, DEADLINE))
+        raise RuntimeError("%s did not finish within %.0f s" % (comm, limit))
     result = Result(comm, [json.loads(line) for line in data.decode().splitlines()], status)
     if "exception" in result.info:
         raise RuntimeError("%s failed: %s" % (comm, result.info["exception"]))
@@ -212,10 +212,10 @@ def _connects(rep, addresses, blocking=True, hold=True):
             s.close()
 
 
-def connects(comm_prefix, addresses, blocking=True, hold=True):
+def connects(comm_prefix, addresses, blocking=True, hold=True, limit=DEADLINE):
     """connect() to each address (str paths, or bytes with a leading NUL for abstract names); hold: keep each
     socket open until the end (a full backlog), else close it at once (thousands within the fd limit)."""
-    return run_as(comm_prefix, "cli", _connects, addresses, blocking, hold)
+    return run_as(comm_prefix, "cli", _connects, addresses, blocking, hold, limit=limit)
 
 
 class ClosingUpstream(ThreadServer):
