@@ -134,7 +134,7 @@ def test_listeners_older_than_errnomon_count_their_drops_after_its_start(tmp_pat
                 closed = f.finish()[-1]
                 assert closed["drops"] is None and closed["listen_drops"] > after["listen_drops"]
                 if kernel_has_tcp_iterator():
-                    drops(d, who, closed["listen_drops"] - before["listen_drops"])
+                    drops(d, who, closed["listen_drops"] - before["listen_drops"], timeout=15.0)
                     assert re.search(r"\b[1-9]\d* listeners older than errnomon handed to the programs", d.output())
                 else:
                     drops(d, who, after["drops"] - before["drops"])

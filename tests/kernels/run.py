@@ -6,7 +6,7 @@ one line per kernel. Exit status 0 only if every kernel passed.
     tests/kernels/run.py [NAME ...]          (make test-kernels [KERNELS="bookworm trixie"])
 
 Environment: ERRNOMON_KERNEL_CACHE (images and the last run of each kernel, default /var/tmp/errnomon-kernels),
-KERNEL_JOBS (guests at once, default 2), KERNEL_TIMEOUT (seconds a guest may run, default 900),
+KERNEL_JOBS (guests at once, default 2), KERNEL_TIMEOUT (seconds a guest may run, default 1500),
 KERNEL_PYTEST_ARGS (default: test_errors.py, test_ladder.py, test_connect_failures.py, test_seed.py,
 test_listen_drops.py, test_unix.py but its nginx test and the os.sendfile test of tests/bpf/; test_seed.py and
 test_listen_queue.py of tests/unit/),
@@ -32,7 +32,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 CACHE = os.environ.get("ERRNOMON_KERNEL_CACHE", "/var/tmp/errnomon-kernels")
 JOBS = int(os.environ.get("KERNEL_JOBS", "2"))
-TIMEOUT = float(os.environ.get("KERNEL_TIMEOUT", "900"))
+TIMEOUT = float(os.environ.get("KERNEL_TIMEOUT", "1500"))
 # the scenarios whose hooks differ by kernel: every seed phenomenon, the lower rungs, connect failures,
 # sendfile (through ->sendpage before 6.5), seeding (sock_diag, socket cookies) and the distribution's own
 # pyroute2 decoding recorded sock_diag answers
