@@ -3,6 +3,7 @@
 import argparse
 import logging
 import os
+import signal
 import sys
 
 from . import __version__, config as config_mod
@@ -81,6 +82,9 @@ def main(argv=None):
         return top.main(argv[1:])
     if argv[:1] == ["errors"]:  # the latest error events (GET /errors): any user, no bcc
         from . import errorlog
+        # 'errnomon errors | head' ends quietly, like other tools. Set here, in the process's own entry, never in
+        # errorlog.main: whatever calls that in-process (a test runner, a server thread) must keep Python's SIG_IGN.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         return errorlog.main(argv[1:])
     args = build_parser().parse_args(argv)
     from . import web

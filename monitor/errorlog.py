@@ -11,7 +11,6 @@ restarted (its newest seq went down) is followed from its first event, with a no
 
 import argparse
 import json
-import signal
 import sys
 import time
 import urllib.parse
@@ -168,7 +167,6 @@ def main(argv=None, out=None, err=None):
     if problem:
         err.write("errnomon: error: " + escape_controls(problem) + "\n")
         return 2
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # errnomon errors | head: end quietly, like other tools
     try:
         return follow(http, base, args, Printer(out, args.json), err)
     except KeyboardInterrupt:

@@ -6,6 +6,10 @@ for the client flags. No root needed. Ports from free_port()."""
 import contextlib
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -89,7 +93,11 @@ def errors_server(store):
 
 def run_errors(argv):
     out, err = io.StringIO(), io.StringIO()
+    before = signal.getsignal(signal.SIGPIPE)
     code = errorlog.main(argv, out, err)
+    # In-process callers keep their SIGPIPE disposition: a CI run died when an earlier call here left SIG_DFL
+    # behind and a later test's TLS server wrote to a client that had hung up.
+    assert signal.getsignal(signal.SIGPIPE) == before
     return code, out.getvalue(), err.getvalue()
 
 
@@ -122,6 +130,22 @@ def test_errors_json_lines_are_the_events_as_served_and_filters_reach_the_daemon
     assert code == 0, err
     assert [json.loads(x) for x in out.splitlines()] == [store.events[2]]
     assert store.queries == [{"comm": "nginx", "errno": "EPIPE", "since": "5m", "limit": "20"}]
+
+
+def test_errors_into_head_ends_quietly_when_head_has_read_enough():
+    """errnomon errors | head -2: the command ends at the broken pipe, with no traceback, like other tools."""
+    store = Store()
+    for _ in range(3000):
+        store.add()
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with errors_server(store) as address:
+        cmd = ("%s -c 'from monitor import cli; import sys; sys.exit(cli.main(sys.argv[1:]))' "
+               "errors --url %s --limit 3000 | head -2" % (sys.executable, address))
+        proc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=root, capture_output=True, text=True,
+                              timeout=60)
+    assert len(proc.stdout.splitlines()) == 2, proc.stdout
+    assert proc.stderr == ""
+    assert proc.returncode == 128 + signal.SIGPIPE  # killed by the pipe, as cat or grep would be
 
 
 def test_follow_prints_each_new_event_once_in_order_and_pages_through_a_burst(monkeypatch):
