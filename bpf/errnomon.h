@@ -177,7 +177,9 @@ struct errnomon_event {
     __u8 family;          /* AF_INET / AF_INET6; 0 unknown */
     __u8 state;           /* TCP state at the event */
     __u8 flags;           /* EVENT_TCP_FACTS, ... */
-    __u8 pad[3];
+    __u8 rst_ttl;         /* TTL / hop limit of the reset the connection received; 0 unknown (kprobe tcp_reset) */
+    __u8 peer_ttl;        /* ... of the peer's last handshake segment; 0 unknown (kprobe tcp_init_transfer) */
+    __u8 pad;
     __u8 local[16];       /* IPv4 in the first 4 bytes */
     __u8 remote[16];
     char comm[ERRNOMON_COMM_LEN];

@@ -106,6 +106,12 @@ def _seconds(value):
 IDLE_TIMEOUT_MIN_S = 1.0   # a reset that answers the first send after at least this long a silence
 ANSWERED_SEND_S = 1.0      # ... sent at most this long before the reset
 RESET_STATES = ("ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2")
+def ttl_mismatch(e):
+    """A reset that arrived with another TTL (hop limit) than the peer's handshake segment: it took another way."""
+    rst, peer = e.get("rst_ttl"), e.get("peer_ttl")
+    return bool(rst and peer and rst != peer)
+
+
 RULES = (
     Rule("connect_refused", ("kind", "errno", "remote", "remote_port"),
          lambda e: e["kind"] in ("connect_failed", "reset_received") and e["errno"] == "ECONNREFUSED",
@@ -117,6 +123,11 @@ RULES = (
     Rule("connect_unreachable", ("kind", "errno"),
          lambda e: e["kind"] == "connect_failed" and e["errno"] in ("EHOSTUNREACH", "ENETUNREACH"),
          "connect failed, {errno}: no route to {peer} (an ICMP error from a router or the host)"),
+    Rule("reset_by_middlebox", ("kind", "errno", "rst_ttl", "peer_ttl"),
+         lambda e: (e["kind"] == "reset_received" or e["kind"] == "socket_error" and e["errno"] in PEER_ERRNOS)
+         and ttl_mismatch(e),
+         "RST TTL {rst_ttl}, peer's {peer_ttl}: sent by a middlebox, not by {peer} (a firewall, NAT or load "
+         "balancer between the hosts{idle_text})"),
     Rule("stale_keepalive", ("kind", "fin_received", "fin_before_s"),
          lambda e: e["kind"] in ("reset_received", "socket_error") and e["fin_received"],
          "peer had closed {fin_before} s earlier: a stale keep-alive connection (the peer's idle timeout is "
@@ -206,7 +217,9 @@ def format_rule(rule, event):
         peer="%s:%d" % (host, event["remote_port"]) if event["remote_port"] else host,
         idle=_seconds(event["idle_recv_s"] or 0.0), fin_before=_seconds(event["fin_before_s"] or 0.0),
         reset_by=reset_by(event["peer"]) if event.get("peer") else "",
-        reason_text=(" (%s)" % event["reason"]) if event["reason"] else "")
+        reason_text=(" (%s)" % event["reason"]) if event["reason"] else "",
+        idle_text=(" that forgot the connection after %s s idle" % _seconds(event["idle_recv_s"])
+                   if (event["idle_recv_s"] or 0.0) >= IDLE_TIMEOUT_MIN_S else ""))
     return rule.says.format(**fields)
 
 
@@ -261,6 +274,8 @@ class Decoder:
             "srtt_ms": round(ev.srtt_us / 1000.0, 3) if tcp else None,
             "fin_received": fin,
             "fin_before_s": round((ev.ktime_ns - ev.fin_ns) / 1e9, 3) if fin_seen else None,
+            # the reset's TTL (hop limit) and the peer's handshake segment's; None: not seen (needs kprobes)
+            "rst_ttl": ev.rst_ttl or None, "peer_ttl": ev.peer_ttl or None,
         }
 
     def _idle(self, now, then):
@@ -273,7 +288,8 @@ class Decoder:
 
 FIELDS = ("seq", "time", "kind", "pid", "tid", "comm", "labels", "op", "errno", "reason", "family", "local",
           "local_port", "remote", "remote_port", "port", "state", "age_s", "idle_send_s", "idle_recv_s",
-          "bytes_sent", "bytes_received", "retrans", "srtt_ms", "fin_received", "fin_before_s", "peer",
+          "bytes_sent", "bytes_received", "retrans", "srtt_ms", "fin_received", "fin_before_s", "rst_ttl",
+          "peer_ttl", "peer",
           "explanation")
 # An event is kept as a tuple of these (the explanation is made when it is served): a dict of them took 1.6 KiB,
 # 15 MiB for the default events.keep; the tuple, its strings interned and its labels shared, about a third.

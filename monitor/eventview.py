@@ -95,6 +95,10 @@ def facts(e):
     if e.get("fin_received"):
         before = seconds(e.get("fin_before_s"))
         out.append(("peer FIN", before + " before" if before else "first"))
+    if e.get("rst_ttl"):
+        out.append(("RST TTL", "%d" % e["rst_ttl"] + (" (peer %d)" % e["peer_ttl"] if e.get("peer_ttl") else "")))
+    elif e.get("peer_ttl"):
+        out.append(("peer TTL", "%d" % e["peer_ttl"]))
     return out
 
 

@@ -59,6 +59,13 @@ RECV_FUNCTIONS = ("inet_recvmsg", "inet6_recvmsg") + UNIX_RECV_FUNCTIONS
 RESET_FUNCTIONS = ("tcp_v4_send_reset", "tcp_v6_send_reset?")
 # Before 5.14 (no sk_error_report() and its tracepoint), TCP sockets report errors through this callback.
 ERROR_REPORT_FUNCTIONS = ("sock_def_error_report",)
+# The TTL (hop limit) of the segment that completed a connection's handshake, tcp_init_transfer(sk, op, skb)
+# (5.10+), and of a reset it received, tcp_reset(sk, skb) (5.12+; 5.10's has no skb): once per connection and
+# per reset. kprobes only: on a kernel where fentry is refused, an fentry rung here would recompile every
+# start-up for two event facts.
+TTL_FUNCTIONS = ("tcp_init_transfer", "tcp_reset")
+# Signals that add facts to error events, not counts: no tracepoint has them, so their first rung is a function.
+EVENT_FACTS = {"peer_ttl", "reset_ttl"}
 # The system calls that send or receive on a socket (enter: the fd, kept per thread; exit: the return value,
 # the socket found from the fd through the task's file table); read/write/readv/writev on other files are
 # told apart by the inode's type.
@@ -93,6 +100,9 @@ SIGNALS = (
         Hook(TRACEPOINT, ("sock:inet_sk_error_report",)), Hook(FENTRY, ERROR_REPORT_FUNCTIONS),
         Hook(KPROBE, ERROR_REPORT_FUNCTIONS))),
     Signal("sigpipe", "SIGPIPE is not counted", (Hook(TRACEPOINT, ("signal:signal_generate", "signal:signal_deliver")),)),
+    # facts of error events, not counts: no tracepoint has them on any kernel (EVENT_FACTS)
+    Signal("peer_ttl", "error events carry no TTL of the peer's segments", (Hook(KPROBE, TTL_FUNCTIONS[:1]),)),
+    Signal("reset_ttl", "error events carry no TTL of the resets received", (Hook(KPROBE, TTL_FUNCTIONS[1:]),)),
 )
 SIGNAL_NAMES = tuple(s.name for s in SIGNALS)
 OPT_IN = {"connect_errors", "accept_errors"}  # syscall tracepoints: kernel.syscall_tracepoints
@@ -125,7 +135,8 @@ RUNG_ARITY = {("resets_sent_without_socket", "tcp:tcp_send_reset"): 3}
 FUNCTION_ARITY = {"inet_sendmsg": 3, "inet6_sendmsg": 3, "inet_sendpage": 5, "inet_recvmsg": 4, "inet6_recvmsg": 4,
                   "unix_stream_sendmsg": 3, "unix_seqpacket_sendmsg": 3, "unix_stream_recvmsg": 4,
                   "unix_seqpacket_recvmsg": 4,
-                  "tcp_v4_send_reset": 2, "tcp_v6_send_reset": 2, "sock_def_error_report": 1}
+                  "tcp_v4_send_reset": 2, "tcp_v6_send_reset": 2, "sock_def_error_report": 1,
+                  "tcp_init_transfer": 3, "tcp_reset": 2}
 # kretprobe instances per function: one per call blocked in it at once (a recv can block for hours)
 KRETPROBE_MAXACTIVE = 4096
 
@@ -300,7 +311,9 @@ FD_LAYOUT = (("task_struct", "files"), ("files_struct", "fdt"), ("fdtable", "max
              ("file", "f_inode"), ("file", "private_data"), ("inode", "i_mode"), ("socket", "sk"))
 FUNCTION_NEEDS_LAYOUT = {"send_errors": (("socket", "sk"),), "recv_errors": (("socket", "sk"),),
                          "resets_sent_without_socket": (("sk_buff", "head"), ("sk_buff", "network_header"),
-                                                        ("sk_buff", "transport_header"))}
+                                                        ("sk_buff", "transport_header")),
+                         "peer_ttl": (("sk_buff", "head"), ("sk_buff", "network_header")),
+                         "reset_ttl": (("sk_buff", "head"), ("sk_buff", "network_header"))}
 
 
 def layout_name(struct_name, member):
@@ -525,8 +538,9 @@ def describe_choice(chosen, why):
             lines.append((logging.INFO, text))
         elif signal.name in why:
             # a signal lost to missing BTF offsets is in the BTF warning already: one warning, not two
-            level = logging.INFO if signal.name in NEEDS_LAYOUT and why[signal.name].startswith("needs") else \
-                logging.WARNING
+            # and an event fact is not a count: told, not warned
+            level = logging.INFO if signal.name in EVENT_FACTS or (
+                signal.name in NEEDS_LAYOUT and why[signal.name].startswith("needs")) else logging.WARNING
             lines.append((level, "%s: not attached, %s (%s)" % (signal.name, signal.lost, why[signal.name])))
     return lines
 
@@ -709,7 +723,8 @@ def _compile_and_attach(sock, tracefs, flags, chosen):
                 raise FentryRefused(str(e))
             raise LoadError("compiling or attaching the BPF programs failed (%s): the compiler's messages are "
                             "above; check the kernel headers bcc uses (make setup)" % e)
-        for hook, targets in chosen.values():
+        unattached = {}  # event facts whose kprobe the kernel refused: {signal: why}; the counts do not need them
+        for name, (hook, targets) in chosen.items():
             for target in targets:
                 try:
                     if hook.kind == KRETPROBE:
@@ -719,6 +734,9 @@ def _compile_and_attach(sock, tracefs, flags, chosen):
                     elif hook.kind == KPROBE:
                         bpf.attach_kprobe(event=target, fn_name="errnomon_kprobe__" + target)
                 except Exception as e:
+                    if name in EVENT_FACTS:
+                        unattached[name] = "attaching a kprobe to %s failed (%s)" % (target, e)
+                        continue
                     raise LoadError("attaching a %s to %s failed (%s): set kernel.function_hooks to [] to run "
                                     "without function hooks" % (hook.kind, target, e))
         attachments = _attachment_fds(bpf)
@@ -748,7 +766,7 @@ def _compile_and_attach(sock, tracefs, flags, chosen):
             unix_paths = False
         message = {"flags": flags, "programs": [p for p, _ in programs], "attachments": len(attachments),
                    "listen_sweep": sweep, "listen_adopt": adopt if isinstance(adopt, str) else bool(adopt),
-                   "unix_paths": unix_paths,
+                   "unix_paths": unix_paths, "unattached": unattached,
                    "legacy": _legacy_kprobe_events(tracefs, os.getpid()),
                    "bcc": getattr(bcc, "__version__", "unknown")}
     except FentryRefused as e:
@@ -859,6 +877,9 @@ def load(tracefs, map_size, max_sockets, syscall_tracepoints=False, print_only=F
     if bcc_too_old(message.get("bcc")):
         log.warning("bcc %s is older than %s, the oldest errnomon is tested with (Debian 11, Ubuntu 22.04): if "
                     "a hook misbehaves, upgrade python3-bpfcc", message["bcc"], OLDEST_BCC)
+    for name, problem in message.get("unattached", {}).items():
+        del chosen[name]
+        why[name] = problem
     for level, line in describe_choice(chosen, why):
         log.log(level, "%s", line)
     if not syscall_tracepoints:
@@ -902,10 +923,12 @@ def bcc_too_old(version):
 
 
 def attachment_report(chosen, syscalls):
-    """{signal: [(probe, attached)]}: the hooks each signal uses, or its first rung, not attached."""
+    """{signal: [(probe, attached)]}: the hooks each signal uses, or its first rung, not attached. An event fact
+    (EVENT_FACTS) is reported only where attached: its absence loses no count, and errnomon_probe_attached 0
+    is an alert (deploy/prometheus/rules.yml); the start-up log says why it is absent."""
     report = {}
     for signal in SIGNALS:
-        if signal.name in OPT_IN and not syscalls:
+        if signal.name in OPT_IN and not syscalls or signal.name in EVENT_FACTS and signal.name not in chosen:
             continue
         if signal.name in chosen:
             hook, targets = chosen[signal.name]

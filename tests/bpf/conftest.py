@@ -58,6 +58,22 @@ def kprobes_exist():
                                                                          "/sys/kernel/debug/tracing"))
 
 
+def _arguments(function):
+    """How many arguments the running kernel's function takes (its BTF), None if it has none there."""
+    from monitor import btf
+    proto = btf.BTF.load().func_proto(function)
+    return None if proto is None else len(proto[1])
+
+
+def ttls_seen():
+    """(peer's, reset's): whether this kernel lets errnomon see them (kprobes, and the functions' arguments)."""
+    if not kprobes_exist():
+        return False, False
+    peer = function_exists("tcp_init_transfer") and (_arguments("tcp_init_transfer") or 0) >= 3
+    rst = function_exists("tcp_reset") and (_arguments("tcp_reset") or 0) >= 2
+    return peer, rst
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

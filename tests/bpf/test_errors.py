@@ -12,7 +12,7 @@ import time
 import pytest
 
 from . import scenarios
-from .conftest import function_exists, kernel_reset_reason, tracepoint_exists
+from .conftest import function_exists, kernel_reset_reason, tracepoint_exists, ttls_seen
 
 pytestmark = pytest.mark.bpf
 
@@ -145,9 +145,11 @@ def test_every_probe_attached(daemon):
     """Every signal has a hook on this kernel (the syscall ones too: the test daemon opts in)."""
     attached = daemon.samples("errnomon_probe_attached")
     signals = {dict(k)["signal"] for k in attached}
+    # and the event facts where the kernel has kprobes (tests/bpf/test_reset_ttl.py checks which)
+    facts = {name for name, seen in zip(("peer_ttl", "reset_ttl"), ttls_seen()) if seen}
     assert signals == {"send_errors", "recv_errors", "connect_errors", "accept_errors", "socket_states",
                        "socket_frees", "resets_received", "resets_sent", "resets_sent_without_socket",
-                       "error_reports", "sigpipe"}
+                       "error_reports", "sigpipe"} | facts
     assert set(attached.values()) == {1.0}
     # the hook each signal must use here: the tracepoint where the kernel has it (its own tracefs says), else
     # the function hook of the first family the kernel can run

@@ -47,7 +47,15 @@ def test_decode_tcp_facts():
         time=1000.0 + T0 / 1e9, ktime_s=T0 / 1e9, kind="reset_received", pid=42, tid=0, comm="curl", cgroup=0, op="", errno="ECONNRESET",
         reason="", family="ipv4", local="127.0.0.1", local_port=50000, remote="10.0.0.5", remote_port=8080,
         port=8080, state="ESTABLISHED", age_s=70.0, idle_send_s=0.1, idle_recv_s=61.0, bytes_sent=300,
-        bytes_received=4000, retrans=2, srtt_ms=1.5, fin_received=False, fin_before_s=None)
+        bytes_received=4000, retrans=2, srtt_ms=1.5, fin_received=False, fin_before_s=None, rst_ttl=None,
+        peer_ttl=None)
+
+
+def test_decode_ttls():
+    e = decode(tcp_record(rst_ttl=64, peer_ttl=63), 0)
+    assert (e["rst_ttl"], e["peer_ttl"]) == (64, 63)
+    e = decode(tcp_record(peer_ttl=255), 0)  # a reset not seen (no kprobe, or 5.10's tcp_reset): None, not 0
+    assert (e["rst_ttl"], e["peer_ttl"]) == (None, 255)
 
 
 def test_jiffies_wrap_and_unknown_hz():
@@ -133,6 +141,20 @@ def event(**kw):
           peer=dict(pid=7, comm="srv", labels={}, reason="NO_SOCKET")), "stale_keepalive", "peer had closed 2.0"),
     (dict(errno="ETIMEDOUT", retrans=3, peer=dict(pid=7, comm="srv", labels={}, reason="")), "timed_out",
      "connection timed out"),
+    # a reset with another TTL than the peer's segments: a middlebox's, whatever else holds
+    (dict(kind="reset_received", errno="ECONNRESET", rst_ttl=64, peer_ttl=63, idle_recv_s=3.6, idle_send_s=0.0),
+     "reset_by_middlebox", "RST TTL 64, peer's 63: sent by a middlebox, not by 10.0.0.5:8080 (a firewall, NAT or "
+     "load balancer between the hosts that forgot the connection after 3.6 s idle)"),
+    (dict(errno="ECONNRESET", rst_ttl=64, peer_ttl=58, fin_received=True, fin_before_s=1.0), "reset_by_middlebox",
+     "RST TTL 64, peer's 58: sent by a middlebox, not by 10.0.0.5:8080 (a firewall, NAT or load balancer between "
+     "the hosts)"),
+    # the same TTL, or one of them unknown: the other rules decide
+    (dict(kind="reset_received", errno="ECONNRESET", state="FIN_WAIT2", rst_ttl=63, peer_ttl=63), "unread_data",
+     "peer closed with unread data"),
+    (dict(kind="reset_received", errno="ECONNRESET", state="FIN_WAIT2", rst_ttl=64), "unread_data",
+     "peer closed with unread data"),
+    (dict(kind="reset_received", errno="ECONNREFUSED", state="SYN_SENT", rst_ttl=64, remote_port=9),
+     "connect_refused", "connection refused"),
 ])
 def test_rules(facts, rule, says):
     e = event(**facts)
@@ -386,7 +408,7 @@ def reset_event(kind, at, sender=SRV, receiver=CLI, **kw):
              errno="", reason="", family="ipv4", local=local[0], local_port=local[1], remote=remote[0],
              remote_port=remote[1], port=8080, state="ESTABLISHED", age_s=None, idle_send_s=None,
              idle_recv_s=None, bytes_sent=None, bytes_received=None, retrans=None, srtt_ms=None,
-             fin_received=False, fin_before_s=None)
+             fin_received=False, fin_before_s=None, rst_ttl=None, peer_ttl=None)
     if kind == "reset_sent":
         e.update(reason="TCP_ABORT_ON_CLOSE", state="CLOSE")
     elif kind == "reset_received":

@@ -35,11 +35,34 @@ def hooks(chosen):
 
 def test_a_kernel_with_every_tracepoint_uses_only_tracepoints():
     chosen, why = loader.choose_hooks(V6_18, syscalls=True)
-    assert set(chosen) == set(loader.SIGNAL_NAMES)
+    assert set(chosen) == set(loader.SIGNAL_NAMES) - loader.EVENT_FACTS  # FUNCTIONS has no TTL function
     assert all(hook.kind == loader.TRACEPOINT for hook, _ in chosen.values())
     assert hooks(chosen)["resets_sent_without_socket"] == ["tcp:tcp_send_reset"]
-    assert why == {}
+    assert why == {"peer_ttl": "no function tcp_init_transfer", "reset_ttl": "no function tcp_reset"}
     assert loader.hook_flags(chosen, V6_18) == []
+
+
+# the TTL functions' arguments on 5.12+ (tcp_reset(sk, skb)) and on 5.10 (tcp_reset(sk))
+TTL_FUNCTIONS = {"tcp_init_transfer": 3, "tcp_reset": 2}
+
+
+def test_event_ttls_come_from_kprobes_only_once_per_connection_and_reset():
+    with_ttl = V6_18._replace(functions=dict(FUNCTIONS, **TTL_FUNCTIONS))
+    chosen, why = loader.choose_hooks(with_ttl)
+    assert hooks(chosen)["peer_ttl"] == ["kprobe:tcp_init_transfer"]
+    assert hooks(chosen)["reset_ttl"] == ["kprobe:tcp_reset"]
+    assert loader.hook_flags(chosen, with_ttl) == ["-DKPROBE_tcp_init_transfer=1", "-DKPROBE_tcp_reset=1"]
+    # 5.10: tcp_reset has no segment; a kernel without kprobes (this project's CI host): neither, told not warned
+    chosen, why = loader.choose_hooks(V5_10._replace(functions=dict(FUNCTIONS, tcp_init_transfer=3, tcp_reset=1)))
+    assert hooks(chosen)["peer_ttl"] == ["kprobe:tcp_init_transfer"] and "reset_ttl" not in chosen
+    assert why["reset_ttl"] == "function tcp_reset has 1 arguments, 2 needed"
+    chosen, why = loader.choose_hooks(with_ttl._replace(kprobes=False))
+    assert not loader.EVENT_FACTS & set(chosen)
+    assert why["peer_ttl"] == why["reset_ttl"] == "no kprobes in this kernel (CONFIG_KPROBES)"
+    lines = dict((text.split(":")[0], level) for level, text in loader.describe_choice(chosen, why))
+    assert lines["peer_ttl"] == lines["reset_ttl"] == logging.INFO
+    chosen, why = loader.choose_hooks(with_ttl._replace(layout=LAYOUT - {"OFF_SK_BUFF_NETWORK_HEADER"}))
+    assert why["reset_ttl"] == "kprobe needs sk_buff.network_header from kernel BTF"
 
 
 def test_6_1_uses_fexit_for_send_and_recv_and_fentry_for_socketless_resets():
@@ -134,7 +157,8 @@ def test_every_rung_is_a_known_kind_with_known_targets(signal):
                 assert loader.bare(target) in loader.PROBES
             else:
                 assert loader.bare(target) in loader.FUNCTION_ARITY
-    assert signal.rungs[0].kind == loader.TRACEPOINT  # a tracepoint first: the cheapest, the stable interface
+    # a tracepoint first: the cheapest, the stable interface; event facts have none on any kernel
+    assert signal.rungs[0].kind == (loader.KPROBE if signal.name in loader.EVENT_FACTS else loader.TRACEPOINT)
 
 
 def test_the_syscall_rung_is_the_last_and_opt_in():
