@@ -387,21 +387,15 @@ static __always_inline struct errnomon_event *event_begin(int kind, struct errno
     return e;
 }
 
-/* The TTL (IPv4) or hop limit (IPv6) of the segments a connection received, by socket pointer: the peer's, from
- * the segment that completed its handshake (tcp_init_transfer(sk, op, skb): the SYN-ACK a client receives, the
- * ACK a server receives), and the reset's (tcp_reset(sk, skb)). A reset that arrives with another TTL than the
- * peer's segments came another way, as a middlebox's does. Kernel functions without tracepoints: kprobes
- * (monitor/loader.py, signals peer_ttl and reset_ttl); once per connection and per reset, never per segment.
- * Forgotten at tcp_destroy_sock, as owners are. */
+/* The TTL (IPv4) or hop limit (IPv6) of the segments a connection received, in its owner entry: the peer's,
+ * from the segment that completed its handshake (tcp_init_transfer(sk, op, skb): the SYN-ACK a client receives,
+ * the ACK a server receives; the entry exists from SYN_SENT or SYN_RECV), and the reset's (tcp_reset(sk, skb)).
+ * A reset that arrives with another TTL than the peer's segments came another way, as a middlebox's does.
+ * Kernel functions without tracepoints: kprobes (monitor/loader.py, signals peer_ttl and reset_ttl); once per
+ * connection and per reset, never per segment. */
 #if (defined(KPROBE_tcp_init_transfer) || defined(KPROBE_tcp_reset)) && defined(OFF_SK_BUFF_HEAD) && \
     defined(OFF_SK_BUFF_NETWORK_HEADER)
 #define HAVE_SEGMENT_TTLS 1
-struct segment_ttls {
-    u8 peer;
-    u8 rst;
-};
-BPF_TABLE("lru_hash", u64, struct segment_ttls, segment_ttls, MAX_SOCKETS);
-
 static __always_inline u8 segment_ttl(void *skb)
 {
     void *head = 0;
@@ -419,44 +413,6 @@ static __always_inline u8 segment_ttl(void *skb)
         bpf_probe_read_kernel(&ttl, 1, head + nh + 7);  /* ipv6hdr.hop_limit */
     return ttl;
 }
-
-/* peer: the handshake's (both TTLs start again: a socket pointer is reused); else the reset's */
-static __always_inline int note_ttl(u64 sk, void *skb, int peer)
-{
-    struct segment_ttls t = {}, *old;
-    u8 ttl;
-
-    if (!sk || !skb)
-        return 0;
-    ttl = segment_ttl(skb);
-    if (!ttl)
-        return 0;
-    if (peer) {
-        t.peer = ttl;
-        segment_ttls.update(&sk, &t);
-        return 0;
-    }
-    old = segment_ttls.lookup(&sk);
-    if (old) {
-        old->rst = ttl;
-        return 0;
-    }
-    t.rst = ttl;
-    segment_ttls.update(&sk, &t);
-    return 0;
-}
-
-static __always_inline void event_ttls(struct errnomon_event *e, void *sk)
-{
-    u64 key = (u64)sk;
-    struct segment_ttls *t = segment_ttls.lookup(&key);
-    if (t) {
-        e->peer_ttl = t->peer;
-        e->rst_ttl = t->rst;
-    }
-}
-#else
-static __always_inline void event_ttls(struct errnomon_event *e, void *sk) {}
 #endif
 
 /* What the socket tells at this moment: its addresses and ports, and for a full TCP socket (not a listener,
@@ -496,8 +452,9 @@ static __always_inline void event_socket(struct errnomon_event *e, void *sk, str
     if (o) {
         e->established_ns = o->established_ns;
         e->fin_ns = o->fin_ns;
+        e->peer_ttl = o->peer_ttl;
+        e->rst_ttl = o->rst_ttl;
     }
-    event_ttls(e, sk);
 #if defined(OFF_TCP_SOCK_LSNDTIME) && defined(OFF_INET_CONNECTION_SOCK_ICSK_ACK_LRCVTIME) && \
     defined(OFF_TCP_SOCK_BYTES_RECEIVED) && defined(OFF_TCP_SOCK_TOTAL_RETRANS) && defined(OFF_TCP_SOCK_SRTT_US) && \
     (defined(OFF_TCP_SOCK_BYTES_SENT) || defined(OFF_TCP_SOCK_BYTES_ACKED))
@@ -1238,9 +1195,6 @@ RAW_TRACEPOINT_PROBE(tcp_destroy_sock)
     /* slab pointers are reused: forget the socket when it is freed */
     u64 sk = ctx->args[0];
     owners.delete(&sk);
-#ifdef HAVE_SEGMENT_TTLS
-    segment_ttls.delete(&sk);
-#endif
     return 0;
 }
 #endif
@@ -1756,13 +1710,21 @@ int errnomon_kprobe__tcp_v6_send_reset(struct pt_regs *ctx)
 #if defined(HAVE_SEGMENT_TTLS) && defined(KPROBE_tcp_init_transfer)
 int errnomon_kprobe__tcp_init_transfer(struct pt_regs *ctx)
 {
-    return note_ttl(PT_REGS_PARM1(ctx), (void *)PT_REGS_PARM3(ctx), 1);
+    struct errnomon_owner *o = owner_of((void *)PT_REGS_PARM1(ctx));
+    void *skb = (void *)PT_REGS_PARM3(ctx);
+    if (o && skb)
+        o->peer_ttl = segment_ttl(skb);
+    return 0;
 }
 #endif
 #if defined(HAVE_SEGMENT_TTLS) && defined(KPROBE_tcp_reset)
 int errnomon_kprobe__tcp_reset(struct pt_regs *ctx)
 {
-    return note_ttl(PT_REGS_PARM1(ctx), (void *)PT_REGS_PARM2(ctx), 0);
+    struct errnomon_owner *o = owner_of((void *)PT_REGS_PARM1(ctx));
+    void *skb = (void *)PT_REGS_PARM2(ctx);
+    if (o && skb)
+        o->rst_ttl = segment_ttl(skb);
+    return 0;
 }
 #endif
 

@@ -81,6 +81,11 @@ struct errnomon_owner {
      * CLOSE_WAIT or CLOSING); 0: not seen. Set from inet_sock_set_state, read only by error events. */
     __u64 established_ns;
     __u64 fin_ns;
+    /* the IP TTL / IPv6 hop limit of the segment that completed the handshake and of the reset the connection
+     * received; 0: not seen. Set by the kprobes on tcp_init_transfer and tcp_reset, read only by error events. */
+    __u8 peer_ttl;
+    __u8 rst_ttl;
+    __u8 pad[6];
 };
 
 /* Who listens on a local port (key: the port, host order). count: listening sockets on the port.

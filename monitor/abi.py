@@ -85,6 +85,9 @@ class Owner(ctypes.Structure):
         ("comm", ctypes.c_char * COMM_LEN),
         ("established_ns", ctypes.c_uint64),
         ("fin_ns", ctypes.c_uint64),
+        ("peer_ttl", ctypes.c_uint8),
+        ("rst_ttl", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 6),
     ]
 
 
