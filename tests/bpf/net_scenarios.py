@@ -334,18 +334,25 @@ def conntrack_forgets(comm_prefix: str) -> dict:
     nf_conntrack_tcp_timeout_established; nf_conntrack_tcp_loose=0, so a mid-stream segment does not
     create a new entry) and nftables rejects what conntrack calls invalid with a TCP reset. The client
     exchanges one message, stays idle longer than that, and writes again: the RST comes from the router, the
-    server never sends one. Extra result key "rejected": the router rule's own packet counter.
+    server never sends one. Extra result keys "rejected": the router rule's own packet counter; "default_ttl":
+    {"rtr", "srv"}: each namespace's net.ipv4.ip_default_ttl (the router's reset leaves with its own, the
+    server's segments with the server's, one less after the router).
     Expected: errnos {"srv": [], "cli": ["ECONNRESET"]}.
     """
     release = _Event()
+    ttls = {}
 
     def prepare(net):
+        # the rule first: its ct expression loads nf_conntrack (a fresh guest has not), whose sysctls follow
+        _nft(net.rtr, "table inet errnomon_ct {\n chain forw {\n  type filter hook forward priority 0;\n"
+                      "  ct state invalid counter reject with tcp reset\n }\n}\n")
         for name, value in (("nf_conntrack_tcp_loose", 0),
                             ("nf_conntrack_tcp_timeout_established", CONNTRACK_TIMEOUT)):
             _run(["ip", "netns", "exec", net.rtr, "sh", "-c",
                   "echo %d >/proc/sys/net/netfilter/%s" % (value, name)])
-        _nft(net.rtr, "table inet errnomon_ct {\n chain forw {\n  type filter hook forward priority 0;\n"
-                      "  ct state invalid counter reject with tcp reset\n }\n}\n")
+        for role, ns in (("rtr", net.rtr), ("srv", net.srv)):
+            ttls[role] = int(subprocess.run(["ip", "netns", "exec", ns, "cat", "/proc/sys/net/ipv4/ip_default_ttl"],
+                                            capture_output=True, text=True, check=True, timeout=10).stdout)
         return SERVER
 
     def conduct(net, srv, cli, deadline):
@@ -354,7 +361,7 @@ def conntrack_forgets(comm_prefix: str) -> dict:
                              capture_output=True, text=True, check=True, timeout=10).stdout
         release.set()
         words = out.split()
-        return {"rejected": int(words[words.index("packets") + 1])}
+        return {"rejected": int(words[words.index("packets") + 1]), "default_ttl": dict(ttls)}
 
     return _run_scenario("conntrack_forgets", comm_prefix, (release,), (_srv_echo_once, (release,), "srv"),
                          (_cli_idle_past_conntrack, (SERVICE_PORT, CONNTRACK_TIMEOUT + 1.5), "cli"),

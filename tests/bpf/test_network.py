@@ -11,7 +11,7 @@ import pytest
 
 from . import net_scenarios
 from .net_scenarios import CLIENT, NO_ROUTE, SERVER, SERVICE_PORT
-from .conftest import kernel_reset_reason
+from .conftest import kernel_reset_reason, ttls_seen
 from .test_errors import expect
 from .test_why import by_kind, wait_events
 
@@ -109,8 +109,18 @@ def test_a_firewall_that_forgets_an_idle_connection_resets_it_from_the_middle(da
     (reset,) = [e for e in errors(daemon, comm=cli) if e["kind"] == "reset_received"]
     assert (reset["remote"], reset["remote_port"], reset["state"]) == (SERVER, SERVICE_PORT, "ESTABLISHED")
     assert idle <= reset["idle_recv_s"] <= idle + 0.5 and reset["idle_send_s"] < 0.5
-    assert re.fullmatch(r"reset after 3\.\d s idle: an idle timeout near 3\.\d s between the hosts \(a NAT, "
-                        r"firewall or load balancer forgot the connection\)", reset["explanation"]), reset
+    # the router's reset leaves it with its own TTL; the server's segments arrive one router down from theirs
+    peer_seen, rst_seen = ttls_seen()
+    rst_ttl, peer_ttl = r["default_ttl"]["rtr"], r["default_ttl"]["srv"] - 1
+    assert reset["rst_ttl"] == (rst_ttl if rst_seen else None), reset
+    assert reset["peer_ttl"] == (peer_ttl if peer_seen else None), reset
+    if peer_seen and rst_seen:
+        assert re.fullmatch(r"RST TTL %d, peer's %d: sent by a middlebox, not by %s:%d \(a firewall, NAT or load "
+                            r"balancer between the hosts that forgot the connection after 3\.\d s idle\)"
+                            % (rst_ttl, peer_ttl, re.escape(SERVER), SERVICE_PORT), reset["explanation"]), reset
+    else:
+        assert re.fullmatch(r"reset after 3\.\d s idle: an idle timeout near 3\.\d s between the hosts \(a NAT, "
+                            r"firewall or load balancer forgot the connection\)", reset["explanation"]), reset
 
 
 def errors(daemon, **filters):
