@@ -119,6 +119,13 @@ def test_errors_prints_the_latest_events_as_lines_with_their_facts_and_cause():
         assert part in line, (part, line)
 
 
+def test_lines_give_the_reset_ttl_beside_the_peers():
+    line = eventview.format_line(event(1, rst_ttl=64, peer_ttl=63, explanation="RST TTL 64, peer's 63: ..."))
+    assert "retrans 0 srtt 0.05ms peer FIN 3.1s before RST TTL 64 (peer 63) -- RST TTL 64" in line
+    assert "TTL" not in eventview.format_line(event(2, explanation=""))  # not seen: not shown
+    assert " peer TTL 63" in eventview.format_line(event(3, peer_ttl=63))
+
+
 def test_errors_json_lines_are_the_events_as_served_and_filters_reach_the_daemon():
     store = Store()
     store.add(comm="nginx")
