@@ -193,6 +193,27 @@ def pingpong(binary, seconds):
     return json.loads(out.stdout)
 
 
+def measure(slot, settle, started, run):
+    """One configuration's run: the slot (None: bare) started, started(slot) told, `settle` seconds, then run()
+    with the slot paused (its programs attached); the slot stopped whatever happens. run()'s result."""
+    if slot is not None:
+        slot.start()
+    try:
+        if slot is not None:
+            started(slot)
+        time.sleep(settle)
+        if slot is not None:
+            slot.pause()
+        try:
+            return run()
+        finally:
+            if slot is not None:
+                slot.resume()
+    finally:
+        if slot is not None:
+            slot.stop()
+
+
 def guest(a):
     """Inside a guest: every configuration once a round, rotated; writes <out>/ladder.json."""
     binary = os.path.join("/tmp", "pingpong")
@@ -227,27 +248,15 @@ def guest(a):
         order = configs[r % len(configs):] + configs[:r % len(configs)]
         order_log.append(order)
         for config in order:
-            s = slot(config, r) if config != "bare" else None
-            if s is not None:
-                s.start()
-            try:
+            def started(s, config=config):
                 if isinstance(s, DaemonSlot):
                     starts[config].append(s.metrics_seconds)
                     hooks.setdefault(config, s.send_recv_hooks())
-                elif s is not None:
+                else:
                     starts[config].append(s.load_seconds)
                     hooks.setdefault(config, s.programs())
-                time.sleep(a.settle)
-                if s is not None:
-                    s.pause()
-                try:
-                    res = pingpong(binary, a.seconds)
-                finally:
-                    if s is not None:
-                        s.resume()
-            finally:
-                if s is not None:
-                    s.stop()
+            res = measure(slot(config, r) if config != "bare" else None, a.settle, started,
+                          lambda: pingpong(binary, a.seconds))
             rates[config].append(res["rate"])
             runs[config].append(res)
             log("ladder round %d/%d %-16s %9.0f it/s" % (r + 1, a.rounds, config, res["rate"]))
@@ -343,13 +352,28 @@ class QemuCounter:
                 "every_s": self.every} if s else None
 
 
-def build_pingpong(build_dir):
-    """bench/pingpong.c, static: the guests have no compiler, and their libc differs from this host's."""
+def build_static(name, build_dir):
+    """bench/<name>.c, static: the guests have no compiler, and their libc differs from this host's."""
     os.makedirs(build_dir, exist_ok=True)
-    out = os.path.join(build_dir, "pingpong-static")
-    subprocess.run(["gcc", "-static", "-O2", "-Wall", "-o", out, os.path.join(BENCH, "pingpong.c")],
+    out = os.path.join(build_dir, "%s-static" % name)
+    subprocess.run(["gcc", "-static", "-O2", "-Wall", "-o", out, os.path.join(BENCH, name + ".c")],
                    check=True, timeout=120)
     return out
+
+
+def host_preflight(prog, kernels):
+    """(the kernel matrix module, the kernel names to run), or an exit status with its one line on stderr."""
+    matrix = kernel_matrix()
+    known = matrix.kernels()
+    names = kernels or known
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        sys.stderr.write("%s: unknown kernel(s) %s: choose from %s\n" % (prog, " ".join(unknown), " ".join(known)))
+        return 2
+    if not shutil.which("gcc"):
+        sys.stderr.write("%s: gcc is missing: apt-get install gcc libc6-dev\n" % prog)
+        return 2
+    return matrix, names
 
 
 def kernel_matrix():
@@ -401,18 +425,12 @@ def run_kernel(name, clock, a, binary, cache):
 
 
 def host(a):
-    matrix = kernel_matrix()
+    ready = host_preflight("bench-kernels", a.kernels)
+    if isinstance(ready, int):
+        return ready
+    matrix, names = ready
     cache = matrix.CACHE
-    known = matrix.kernels()
-    names = a.kernels or known
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        sys.stderr.write("bench-kernels: unknown kernel(s) %s: choose from %s\n" % (" ".join(unknown), " ".join(known)))
-        return 2
-    if not shutil.which("gcc"):
-        sys.stderr.write("bench-kernels: gcc is missing: apt-get install gcc libc6-dev\n")
-        return 2
-    binary = build_pingpong(os.path.join(BENCH, "out", "build"))
+    binary = build_static("pingpong", os.path.join(BENCH, "out", "build"))
     data = load_results(a.json)
     failed = []
     for clock in a.clock:
