@@ -1706,7 +1706,7 @@ int errnomon_kprobe__tcp_v6_send_reset(struct pt_regs *ctx)
 #endif
 #endif
 
-/* The TTLs of a connection's segments (see segment_ttls): the handshake's last segment, and a reset */
+/* The TTLs of a connection's segments (see segment_ttl): the handshake's last segment, and a reset */
 #if defined(HAVE_SEGMENT_TTLS) && defined(KPROBE_tcp_init_transfer)
 int errnomon_kprobe__tcp_init_transfer(struct pt_regs *ctx)
 {

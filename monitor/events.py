@@ -102,10 +102,13 @@ def _seconds(value):
 # One entry per rule, tried in order: the first whose `when` holds explains the event. `facts`: the event fields
 # the rule reads (docs/errors.md lists them). `says` is formatted with the event's fields and these helpers:
 # {idle} the silence before it (idle_recv_s), {fin_before} fin_before_s, {peer} remote:remote_port, {reset_by}
-# who on this host reset the connection (the event's peer, see Peers).
+# who on this host reset the connection (the event's peer, see Peers), {idle_text} " that forgot the connection
+# after N s idle" when the silence was at least IDLE_TIMEOUT_MIN_S, else "".
 IDLE_TIMEOUT_MIN_S = 1.0   # a reset that answers the first send after at least this long a silence
 ANSWERED_SEND_S = 1.0      # ... sent at most this long before the reset
 RESET_STATES = ("ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2")
+
+
 def ttl_mismatch(e):
     """A reset that arrived with another TTL (hop limit) than the peer's handshake segment: it took another way."""
     rst, peer = e.get("rst_ttl"), e.get("peer_ttl")
@@ -289,8 +292,7 @@ class Decoder:
 FIELDS = ("seq", "time", "kind", "pid", "tid", "comm", "labels", "op", "errno", "reason", "family", "local",
           "local_port", "remote", "remote_port", "port", "state", "age_s", "idle_send_s", "idle_recv_s",
           "bytes_sent", "bytes_received", "retrans", "srtt_ms", "fin_received", "fin_before_s", "rst_ttl",
-          "peer_ttl", "peer",
-          "explanation")
+          "peer_ttl", "peer", "explanation")
 # An event is kept as a tuple of these (the explanation is made when it is served): a dict of them took 1.6 KiB,
 # 15 MiB for the default events.keep; the tuple, its strings interned and its labels shared, about a third.
 STORED = FIELDS[:-1]
