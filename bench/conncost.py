@@ -148,21 +148,24 @@ def render(data):
              "`bench/conncost.py` (root; `/usr/bin/python3 bench/conncost.py [NAME ...]`): in each guest of the kernel "
              "matrix, with qemu's icount clock (1 ns per guest instruction), `bench/connloop.c` opens and closes "
              "loopback connections one at a time (connect, accept, one byte, both closed with a FIN) for %s s per "
-             "run, %s rounds, each configuration once a round in a rotated order, the daemon stopped (SIGSTOP) "
+             "run, each configuration once a round in a rotated order, the daemon stopped (SIGSTOP) "
              "during its runs with its programs attached. `errnomon` is the shipped config; `errnomon-no-ttl` the "
              "same with `kernel.function_hooks: [fentry]`, which here takes every other signal's same hook and "
              "leaves out the kprobes of `peer_ttl` (`tcp_init_transfer`, both ends of each connection) and "
              "`reset_ttl` (`tcp_reset`, only on resets: none here). Medians with the lowest and highest round; "
-             "µs are the emulated guest's, 1,000 instructions each." % (
-                 _one(data, "seconds_per_run"), _one(data, "rounds")), "",
-             "| Kernel | bare conn/s | errnomon conn/s | errnomon over bare, µs/conn | TTL kprobes (errnomon over "
+             "µs are the emulated guest's, 1,000 instructions each. Most of what errnomon adds to a connection is "
+             "not the TTL kprobes but its other programs on the way (`errnomon-no-ttl` over bare: "
+             "`inet_sock_set_state` at each of its state changes, which keeps the owner table, `tcp_destroy_sock`, "
+             "the send/recv hooks on its one write and read), there before them and not measured per connection "
+             "until this table." % _one(data, "seconds_per_run"), "",
+             "| Kernel | Rounds | bare conn/s | errnomon conn/s | errnomon over bare, µs/conn | TTL kprobes (errnomon over "
              "errnomon-no-ttl), µs/conn | TTL hooks attached |",
-             "|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|"]
     for name, r in sorted(data.get("kernels", {}).items(), key=lambda kv: kv[1]["kernel"]):
         res = r["results"]
         ttl = sorted(p for s in ("peer_ttl", "reset_ttl") for p in r["hooks"].get("errnomon", {}).get(s, []))
-        lines.append("| %s (%s) | %.0f | %.0f | %s | %s | %s |" % (
-            name, r["kernel"], res["bare"]["median_rate"], res["errnomon"]["median_rate"],
+        lines.append("| %s (%s) | %d | %.0f | %.0f | %s | %s | %s |" % (
+            name, r["kernel"], r["rounds"], res["bare"]["median_rate"], res["errnomon"]["median_rate"],
             fmt(res["errnomon"]["us_per_connection_over_bare"]), fmt(res["ttl_kprobes"]["us_per_connection"]),
             ", ".join("`%s`" % p for p in ttl) or "none"))
     lines += ["", "Measured %s." % ", ".join(sorted({r["date"][:10] for r in data.get("kernels", {}).values()})),
