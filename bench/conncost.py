@@ -143,8 +143,10 @@ def fmt(s, digits=2):
 
 
 def render(data):
-    lines = [BEGIN, "",
-             "### Per connection, and the TTL kprobes (kernel-matrix guests)", "",
+    lines = [BEGIN, "", "### Per connection, and the TTL kprobes (kernel-matrix guests)", ""]
+    if not data.get("kernels"):
+        return "\n".join(lines + ["Not run: `sudo /usr/bin/python3 bench/conncost.py`.", "", END])
+    lines += [
              "`bench/conncost.py` (root; `/usr/bin/python3 bench/conncost.py [NAME ...]`): in each guest of the kernel "
              "matrix, with qemu's icount clock (1 ns per guest instruction), `bench/connloop.c` opens and closes "
              "loopback connections one at a time (connect, accept, one byte, both closed with a FIN) for %s s per "

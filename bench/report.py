@@ -8,6 +8,8 @@ import json
 import os
 import statistics
 
+import conncost
+import ladder
 import ladder_report
 from common import REPO, spread
 
@@ -1163,6 +1165,8 @@ def write(out_dir):
     # make bench-kernels: the hook ladder in the kernel-matrix guests
     doc += ladder_report.section(ladder_report.load(), ladder_report.check_files())
     doc += [""]
+    # bench/conncost.py: per connection, and the TTL kprobes, in the same guests
+    doc += conncost.render(ladder.load_results(conncost.OUT_JSON)).split("\n") + [""]
     doc += ["## Files", "",
             "- `bench/run.py`: entry point (`--quick` smoke subset, `--out`, `--churn-seconds`, `--only`, "
             "`--docs-only`, `--strict`, rounds and seconds of each part: `--help`); `bench/common.py`: daemon, "
@@ -1171,6 +1175,8 @@ def write(out_dir):
             "`bench/storm.py` + `bench/storm.c` (with the per-error cost breakdown); `bench/scrape.py`; "
             "`bench/footprint.py` + `bench/churn.c` + `bench/wake.c` + `bench/memprofile.py`; `bench/busy.py` + "
             "`bench/sleepers.c`; `bench/report.py`: this page",
+            "- `bench/conncost.py` + `bench/connloop.c` (root, the kernel-matrix guests): per-connection cost and "
+            "the TTL kprobes' share",
             "- `tests/bpf/test_bench_smoke.py`: `bench/run.py --quick` in `make test` (no timing assertions; "
             "the storm counts must be exact)", ""]
     os.makedirs(os.path.dirname(DOC), exist_ok=True)
